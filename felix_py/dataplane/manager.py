@@ -1,0 +1,43 @@
+"""The contract between the agent's main loop and each dataplane manager.
+
+Per batch of datastore (or link) changes the agent calls, in order:
+
+1. ``on_changes(store, changes, links)`` on every manager: recompute the desired state of
+   what changed (pure work, no kernel) and mark it dirty;
+2. ``apply()`` on every manager: bring the kernel (or ExaBGP) in line with the desired
+   state in as few calls as possible.  A manager raises ``DataplaneError`` when it could not;
+   the agent logs it, counts it, and calls ``apply()`` again after a short backoff.
+
+``on_changes`` is never called before the first snapshot is in sync, so the first
+``apply()`` sees the whole datastore and can reconcile (remove only what is ours and stale).
+``endpoint_problems()`` lets a manager report per-endpoint errors (a missing interface, an
+address claimed twice) that end up in the endpoint's status key.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from felix_py.calc.store import Changes, Store
+from felix_py.datastore.keys import EndpointId
+
+
+class DataplaneError(RuntimeError):
+    """The kernel (or ExaBGP) refused or failed a change; retried on the next apply."""
+
+
+class Manager(Protocol):
+    name: str
+
+    def on_changes(self, store: Store, changes: Changes, links: "Links") -> None: ...
+
+    def apply(self) -> None: ...
+
+    def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
+        """eid -> (status "down"|"error", reason) for endpoints this manager cannot serve."""
+        ...
+
+    def close(self) -> None: ...
+
+
+from felix_py.dataplane.links import Links  # noqa: E402  (type used in the protocol above)

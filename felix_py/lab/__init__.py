@@ -1,0 +1,1 @@
+"""The lab: a whole downward-default fabric on one machine, in network namespaces."""

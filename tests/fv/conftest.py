@@ -1,0 +1,75 @@
+"""FV fixtures: a real embedded etcd, namespaces that are always removed, the agent."""
+
+import os
+
+import pytest
+
+from felix_py.datastore.client import EtcdClient
+from felix_py.datastore.embedded import EmbeddedEtcd
+from felix_py.datastore.keys import KeyLayout
+from felix_py.datastore.registration import Registry
+from felix_py.lab import netns as nsmod
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/fv/" in str(item.fspath):
+            item.add_marker(pytest.mark.fv)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_root():
+    if os.geteuid() != 0:
+        pytest.fail("FV tests need root (network namespaces, iptables); run them as root")
+
+
+@pytest.fixture(scope="session")
+def etcd():
+    server = EmbeddedEtcd().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def client(etcd):
+    c = EtcdClient(etcd.endpoint)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def layout(prefix):
+    return KeyLayout(prefix)
+
+
+@pytest.fixture
+def registry(client, layout, prefix):
+    yield Registry(client, layout)
+    client.delete_prefix(prefix + "/")
+
+
+@pytest.fixture
+def netns_factory():
+    """make(prefix) -> a new namespace; every one is deleted after the test, pass or fail."""
+    made: list[nsmod.Netns] = []
+
+    def make(prefix: str = "ft") -> nsmod.Netns:
+        ns = nsmod.Netns(nsmod.unique_name(prefix)).create()
+        made.append(ns)
+        return ns
+
+    make.made = made
+    yield make
+    for ns in reversed(made):
+        ns.delete()
+
+
+@pytest.fixture
+def workload_factory(netns_factory):
+    """make(host_ns, name, host_ifname, ipv4) -> a Calico-style workload namespace."""
+    def make(host, name, host_ifname, ipv4, mac=None):
+        wl = nsmod.workload(host, name, host_ifname, ipv4,
+                            ns_name=nsmod.unique_name(name), mac=mac)
+        netns_factory.made.append(wl)
+        return wl
+    return make
