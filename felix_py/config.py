@@ -148,8 +148,8 @@ class Config:
     """Resolved settings; ``cfg.etcd_endpoints`` or ``cfg["EtcdEndpoints"]``."""
 
     def __init__(self, values: dict[str, Any], sources: dict[str, str]):
-        self._values = values
-        self.sources = sources
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "sources", sources)
         for s in SETTINGS:
             object.__setattr__(self, s.attr, values[s.name])
 

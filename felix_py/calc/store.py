@@ -53,6 +53,7 @@ class Store:
         self.ready = False
         self.endpoints: dict[EndpointId, model.Endpoint] = {}
         self.local_endpoints: dict[EndpointId, model.Endpoint] = {}
+        self.by_interface: dict[str, set[EndpointId]] = {}    # local endpoints by interface
         self.profile_rules: dict[str, model.ProfileRules] = {}
         self.profile_tags: dict[str, tuple[str, ...]] = {}
         self.profile_labels: dict[str, dict] = {}
@@ -89,6 +90,14 @@ class Store:
         eid = pk.endpoint_id
         _put(self.endpoints, eid, rec)
         if eid.host == self.hostname:
+            old = self.local_endpoints.get(eid)
+            if old is not None and (rec is None or rec.name != old.name):
+                users = self.by_interface.get(old.name, set())
+                users.discard(eid)
+                if not users:
+                    self.by_interface.pop(old.name, None)
+            if rec is not None:
+                self.by_interface.setdefault(rec.name, set()).add(eid)
             _put(self.local_endpoints, eid, rec)
             _put(self.endpoint_errors, eid, err)
         self.changes.endpoints.add(eid)

@@ -16,10 +16,13 @@ address claimed twice) that end up in the endpoint's status key.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId
+
+if TYPE_CHECKING:
+    from felix_py.calc.store import Changes, Store
+    from felix_py.dataplane.links import Links
 
 
 class DataplaneError(RuntimeError):
@@ -29,7 +32,7 @@ class DataplaneError(RuntimeError):
 class Manager(Protocol):
     name: str
 
-    def on_changes(self, store: Store, changes: Changes, links: "Links") -> None: ...
+    def on_changes(self, store: "Store", changes: "Changes", links: "Links") -> None: ...
 
     def apply(self) -> None: ...
 
@@ -39,5 +42,3 @@ class Manager(Protocol):
 
     def close(self) -> None: ...
 
-
-from felix_py.dataplane.links import Links  # noqa: E402  (type used in the protocol above)

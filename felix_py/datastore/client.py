@@ -48,10 +48,26 @@ class TlsFiles:
         return bool(self.ca or self.cert or self.key)
 
 
+class _UnixEndpoint(pyetcd.Endpoint):
+    """etcd on a unix socket: reachable from every network namespace on this machine."""
+
+    def __init__(self, path: str, time_retry: float):
+        self.path = path
+        super().__init__("unix", 0, secure=False, time_retry=time_retry)
+        self.netloc = f"unix:{path}"
+
+    def _mkchannel(self, opts):
+        return grpc.insecure_channel(f"unix:{self.path}", options=opts)
+
+
 def parse_endpoints(text: str) -> list[tuple[str, str, int]]:
-    """"http://10.0.0.1:2379,https://h:2379" -> [(scheme, host, port), ...]."""
+    """"http://10.0.0.1:2379,https://h:2379,unix:///run/etcd.sock" -> [(scheme, host, port)];
+    for unix sockets host is the socket's path and port 0."""
     out = []
     for url in filter(None, (u.strip() for u in text.split(","))):
+        if url.startswith("unix://"):
+            out.append(("unix", url[len("unix://"):], 0))
+            continue
         u = urlparse(url if "://" in url else "http://" + url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise DatastoreError(f"etcd endpoint {url!r} is not a URL like http://HOST:2379")
@@ -106,6 +122,9 @@ class EtcdClient:
             creds = grpc.ssl_channel_credentials(read(tls.ca), read(tls.key), read(tls.cert))
         eps = []
         for scheme, host, port in parse_endpoints(endpoints):
+            if scheme == "unix":
+                eps.append(_UnixEndpoint(host, time_retry=1.0))
+                continue
             secure = scheme == "https"
             if secure and creds is None:
                 creds = grpc.ssl_channel_credentials()

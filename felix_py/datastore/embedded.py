@@ -63,10 +63,21 @@ class EmbeddedEtcd:
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def socket_path(self) -> str:
+        # etcd names a unix listener after the URL's host part, relative to its cwd.
+        return os.path.join(os.path.abspath(self.data_dir), "etcd.sock:0")
+
+    @property
+    def unix_endpoint(self) -> str:
+        """The same server on a unix socket: reachable from every network namespace."""
+        return f"unix://{self.socket_path}"
+
     def command(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
         cmd = [etcd_binary(), "--name", "felix", "--data-dir", os.path.join(self.data_dir, "data"),
-               "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+               "--listen-client-urls", f"{self.endpoint},unix://etcd.sock:0",
+               "--advertise-client-urls", self.endpoint,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                "--initial-cluster", f"felix={peer}",
                # One transaction may register a thousand endpoints at once.
@@ -82,7 +93,7 @@ class EmbeddedEtcd:
             return self
         os.makedirs(self.data_dir, exist_ok=True)
         logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=logf,
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=logf, cwd=self.data_dir,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
         deadline = time.monotonic() + timeout

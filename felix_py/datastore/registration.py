@@ -276,3 +276,21 @@ class Registry:
     def get_config(self, host: str | None = None) -> dict[str, str]:
         prefix = self.layout.dir("v1/host", host, "config") if host else self.layout.dir("v1/config")
         return {pk.parts["name"]: rec for pk, rec in self._list(prefix, Kind.CONFIG)}
+
+    def unset_config(self, name: str, host: str | None = None) -> None:
+        if not self.client.delete(self.layout.config(name, host)):
+            where = f" on host {host}" if host else " globally"
+            raise NotFound(f"setting {name} is not set{where}")
+
+    # -- compare-and-swap (read-modify-write by felixctl) --------------------------------
+    def swap(self, changes: Iterable[tuple[str, bytes | None, Any]]) -> None:
+        """Apply (key, raw value as read or None when absent, new value or None to delete)
+        in one transaction that succeeds only if no key changed since it was read; raises
+        Conflict otherwise.  Every new value is validated before anything is written."""
+        t = self.client.transactions
+        compare, ops = [], []
+        for key, old, new in changes:
+            compare.append(t.version(key) == 0 if old is None else t.value(key) == old)
+            ops.append(t.delete(key) if new is None else t.put(key, self.validated(key, new)[0]))
+        if ops and not self.client.txn(compare, ops):
+            raise Conflict("the data changed while it was being written; try again")

@@ -106,10 +106,10 @@ class Netns:
 
     # -- addressing helpers ------------------------------------------------------------
     def addr(self, dev: str, cidr: str) -> None:
-        self.run(f"ip addr add {cidr} dev {dev}")
+        self.run(["ip", "addr", "add", cidr, "dev", dev])
 
     def up(self, dev: str) -> None:
-        self.run(f"ip link set {dev} up")
+        self.run(f"ip link set dev {dev} up")
 
     def sysctl(self, name: str, value: str | int) -> None:
         self.run(f"sysctl -qw {name}={value}")

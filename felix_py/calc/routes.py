@@ -1,0 +1,79 @@
+"""What this host's routing should hold for its workloads, and what it announces (pure).
+
+- ``workload_state``: one link-scope route per address of every active local endpoint whose
+  interface exists, a permanent neighbour entry where the MAC is known, and a problem for
+  every endpoint that cannot be served (inactive, no interface, an address already taken).
+- ``blackhole_routes``: a blackhole for every IPAM block this host owns, so an unused
+  address in it is dropped here instead of looping between host and ToR.
+- ``exported_prefixes``: what BGP announces: owned blocks whole, plus /32s (/128s) of local
+  workloads outside them; with no IPAM blocks, one /32 per workload address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Callable
+
+from felix_py import model
+from felix_py.calc.store import Store
+from felix_py.datastore.keys import EndpointId
+from felix_py.dataplane.links import LinkInfo
+from felix_py.dataplane.netlink import Route
+
+
+@dataclass
+class WorkloadState:
+    routes: dict[str, Route] = field(default_factory=dict)
+    neighbours: dict[tuple[int, str], str] = field(default_factory=dict)  # (ifindex, ip) -> mac
+    interfaces: dict[str, int] = field(default_factory=dict)             # name -> ifindex
+    owners: dict[str, EndpointId] = field(default_factory=dict)          # address -> endpoint
+    problems: dict[EndpointId, tuple[str, str]] = field(default_factory=dict)
+
+
+def workload_state(local_endpoints: dict[EndpointId, model.Endpoint],
+                   link: Callable[[str], LinkInfo | None]) -> WorkloadState:
+    out = WorkloadState()
+    owner = out.owners
+    for eid in sorted(local_endpoints):       # sorted: the same owner wins every time
+        ep = local_endpoints[eid]
+        if ep.state != "active":
+            out.problems[eid] = ("down", "endpoint is inactive")
+            continue
+        info = link(ep.name)
+        if info is None:
+            out.problems[eid] = ("down", f"interface {ep.name} does not exist")
+            continue
+        clash = [(n, owner[n]) for n in (*ep.ipv4_nets, *ep.ipv6_nets) if n in owner]
+        if clash:
+            net, other = clash[0]
+            out.problems[eid] = ("error", f"address {net} is already used by endpoint {other}")
+            continue
+        out.interfaces[ep.name] = info.index
+        for net in (*ep.ipv4_nets, *ep.ipv6_nets):
+            owner[net] = eid
+            out.routes[net] = Route(net, oif=info.index, scope="link")
+            if ep.mac:
+                out.neighbours[(info.index, net.split("/")[0])] = ep.mac
+    return out
+
+
+def owned_blocks(store: Store) -> list[str]:
+    return sorted(cidr for cidr, block in store.blocks.items() if block.host == store.hostname)
+
+
+def blackhole_routes(store: Store) -> dict[str, Route]:
+    return {cidr: Route(cidr, kind="blackhole") for cidr in owned_blocks(store)}
+
+
+def exported_prefixes(store: Store) -> set[str]:
+    blocks = [ipaddress.ip_network(c) for c in owned_blocks(store)]
+    out = {str(b) for b in blocks}
+    for ep in store.local_endpoints.values():
+        if ep.state != "active":
+            continue
+        for net in (*ep.ipv4_nets, *ep.ipv6_nets):
+            addr = ipaddress.ip_network(net)
+            if not any(addr.version == b.version and addr.subnet_of(b) for b in blocks):
+                out.add(net)
+    return out

@@ -1,0 +1,124 @@
+"""The route manager: every kernel route carrying the agent's protocol number.
+
+Routes come from several sources: local workloads and owned IPAM blocks (computed here from
+the store by ``felix_py.calc.routes``) and any other manager through
+``set_source_routes`` (BGP-learned routes).  ``apply()`` diffs the union against what the
+kernel holds and sends the difference in one netlink batch.  The first ``apply()`` dumps the
+kernel's routes with our protocol number: a route still wanted is left alone (a restart
+flaps nothing), one no longer wanted is deleted, routes of any other protocol are never
+touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from felix_py.calc import routes as calc
+from felix_py.calc.store import Changes, Store
+from felix_py.datastore.keys import EndpointId
+from felix_py.dataplane.links import Links
+from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.netlink import Netlink, Route
+
+log = logging.getLogger(__name__)
+
+# When two sources want the same destination, the earlier one in this order wins.
+SOURCE_PRIORITY = ("workloads", "blackholes")
+
+
+class RouteManager:
+    name = "routes"
+
+    def __init__(self, proto: int, netlink: Netlink | None = None):
+        self.proto = proto
+        self.nl = netlink or Netlink()
+        self._sources: dict[str, dict[str, Route]] = {"workloads": {}, "blackholes": {}}
+        self._neigh_want: dict[tuple[int, str], str] = {}
+        self._neigh_have: dict[tuple[int, str], str] = {}
+        self._actual: dict[str, Route] | None = None
+        self._problems: dict[EndpointId, tuple[str, str]] = {}
+        self._failed: dict[str, str] = {}
+        self._owners: dict[str, EndpointId] = {}
+        self._dirty = True
+        self.last_apply_counts = (0, 0)
+
+    # -- desired state -------------------------------------------------------------------
+    def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
+        if changes.endpoints or changes.ipam:
+            ws = calc.workload_state(store.local_endpoints, links.get)
+            self._sources["workloads"] = ws.routes
+            self._sources["blackholes"] = calc.blackhole_routes(store)
+            self._neigh_want = ws.neighbours
+            self._problems = ws.problems
+            self._owners = ws.owners
+            self._dirty = True
+
+    def set_source_routes(self, source: str, routes: dict[str, Route]) -> None:
+        if self._sources.get(source) != routes:
+            self._sources[source] = dict(routes)
+            self._dirty = True
+
+    def desired(self) -> dict[str, Route]:
+        order = list(SOURCE_PRIORITY) + sorted(set(self._sources) - set(SOURCE_PRIORITY))
+        out: dict[str, Route] = {}
+        for source in reversed(order):
+            out.update(self._sources.get(source, {}))
+        return out
+
+    def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
+        problems = dict(self._problems)
+        for dst, reason in self._failed.items():
+            if dst in self._owners:
+                problems[self._owners[dst]] = ("error", reason)
+        return problems
+
+    @property
+    def actual(self) -> dict[str, Route]:
+        return dict(self._actual or {})
+
+    # -- kernel --------------------------------------------------------------------------
+    def apply(self) -> None:
+        if not self._dirty:
+            return
+        if self._actual is None:
+            self._actual = self.nl.dump_routes(self.proto)
+            log.info("found %d routes with protocol %d at start", len(self._actual), self.proto)
+        want = self.desired()
+        changes = [("replace", r) for dst, r in want.items() if self._actual.get(dst) != r]
+        changes += [("delete", r) for dst, r in self._actual.items() if dst not in want]
+        neigh = [("replace", k, mac) for k, mac in self._neigh_want.items()
+                 if self._neigh_have.get(k) != mac]
+        neigh += [("delete", k, None) for k in self._neigh_have if k not in self._neigh_want]
+        msgs = [(*self.nl.route_message(op, r, self.proto), (op, r)) for op, r in changes]
+        msgs += [(*self.nl.neigh_message(op, k[0], k[1], mac), (op, k, mac)) for op, k, mac in neigh]
+        failed = self.nl.batch(msgs) if msgs else {}
+        self._failed = {}
+        for op, r in changes:
+            code = failed.get((op, r))
+            if op == "replace" and not code:
+                self._actual[r.dst] = r
+            elif op == "delete" and code in (None, errno.ESRCH, errno.ENOENT):
+                self._actual.pop(r.dst, None)
+            elif code:
+                self._failed[r.dst] = f"route {r.dst}: {errno.errorcode.get(code, code)}"
+        for op, k, mac in neigh:
+            code = failed.get((op, k, mac))
+            if op == "replace" and not code:
+                self._neigh_have[k] = mac
+            elif op == "delete" and code in (None, errno.ENOENT, errno.ENODEV):
+                self._neigh_have.pop(k, None)
+        self.last_apply_counts = (len(changes) + len(neigh), len(failed))
+        self._dirty = bool(failed)
+        if failed:
+            sample = "; ".join(f"{tag[0]} {tag[1].dst if isinstance(tag[1], Route) else tag[1]}: "
+                               f"{errno.errorcode.get(c, c)}" for tag, c in list(failed.items())[:3])
+            raise DataplaneError(f"{len(failed)} of {len(msgs)} route/neighbour changes failed "
+                                 f"({sample})")
+        if changes or neigh:
+            log.info("routes: %d replaced, %d deleted; neighbours: %d changed",
+                     sum(op == "replace" for op, _ in changes),
+                     sum(op == "delete" for op, _ in changes), len(neigh))
+
+    def close(self) -> None:
+        self.nl.close()
