@@ -9,6 +9,7 @@ ifindex: a veth re-created under the same name is configured again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -66,12 +67,14 @@ class InterfaceManager:
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
         for eid in changes.endpoints:
             ep = store.local_endpoints.get(eid)
-            if ep is None or ep.state != "active":
-                continue
-            info = links.get(ep.name)
+            info = links.get(ep.name) if ep is not None and ep.state == "active" else None
             if info is not None:
                 self._want[ep.name] = (info.index, info.up)
                 self._names[ep.name] = eid
+            elif ep is not None:
+                # Gone or inactive: nothing to configure; the route manager reports it.
+                self._want.pop(ep.name, None)
+                self._failed.pop(ep.name, None)
         for name in list(self._done):
             info = links.get(name)
             if info is None or info.index != self._done[name]:
@@ -91,12 +94,16 @@ class InterfaceManager:
         failed = self.nl.batch(msgs) if msgs else {}
         errors = {}
         for name, (index, _up) in todo.items():
+            if failed.get(name) == errno.ENODEV:
+                continue  # removed meanwhile; its link event follows
             if name in failed:
                 errors[name] = f"cannot set interface {name} up: errno {failed[name]}"
                 continue
             try:
                 for path, value in interface_sysctls(name):
                     self.sysctl.write(path, value)
+            except FileNotFoundError:
+                continue  # removed meanwhile
             except OSError as e:
                 errors[name] = f"cannot configure interface {name}: {e.strerror}"
                 continue

@@ -93,12 +93,15 @@ class RouteManager:
         msgs = [(*self.nl.route_message(op, r, self.proto), (op, r)) for op, r in changes]
         msgs += [(*self.nl.neigh_message(op, k[0], k[1], mac), (op, k, mac)) for op, k, mac in neigh]
         failed = self.nl.batch(msgs) if msgs else {}
+        # Deleting what is already gone (its link was removed, taking its routes) is success.
+        failed = {tag: code for tag, code in failed.items()
+                  if not (tag[0] == "delete" and code in (errno.ESRCH, errno.ENOENT, errno.ENODEV))}
         self._failed = {}
         for op, r in changes:
             code = failed.get((op, r))
             if op == "replace" and not code:
                 self._actual[r.dst] = r
-            elif op == "delete" and code in (None, errno.ESRCH, errno.ENOENT):
+            elif op == "delete" and not code:
                 self._actual.pop(r.dst, None)
             elif code:
                 self._failed[r.dst] = f"route {r.dst}: {errno.errorcode.get(code, code)}"
@@ -106,7 +109,7 @@ class RouteManager:
             code = failed.get((op, k, mac))
             if op == "replace" and not code:
                 self._neigh_have[k] = mac
-            elif op == "delete" and code in (None, errno.ENOENT, errno.ENODEV):
+            elif op == "delete" and not code:
                 self._neigh_have.pop(k, None)
         self.last_apply_counts = (len(changes) + len(neigh), len(failed))
         self._dirty = bool(failed)

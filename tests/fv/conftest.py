@@ -9,6 +9,7 @@ from felix_py.datastore.embedded import EmbeddedEtcd
 from felix_py.datastore.keys import KeyLayout
 from felix_py.datastore.registration import Registry
 from felix_py.lab import netns as nsmod
+from felix_py.lab.processes import AgentProcess
 
 
 def pytest_collection_modifyitems(items):
@@ -75,57 +76,13 @@ def workload_factory(netns_factory):
     return make
 
 
-class AgentProcess:
-    """felix-py running for real inside a host namespace, talking to the test etcd."""
-
-    def __init__(self, ns, hostname, etcd, prefix, log_path, env=None):
-        self.ns, self.hostname, self.etcd, self.prefix = ns, hostname, etcd, prefix
-        self.log_path = log_path
-        self.env = env or {}
-        self.proc = None
-
-    def start(self):
-        import sys
-        env = dict(os.environ, FELIX_HEALTH_PORT="0", FELIX_REPORTING_INTERVAL_SECS="1",
-                   FELIX_REPORTING_TTL_SECS="5", **self.env)
-        self.proc = self.ns.popen([sys.executable, "-m", "felix_py.agent", "--hostname",
-                                   self.hostname, "--etcd-endpoints", self.etcd.unix_endpoint,
-                                   "--etcd-prefix", self.prefix], log_path=self.log_path, env=env)
-        return self
-
-    def stop(self, sig=None):
-        import signal
-        if self.proc is not None:
-            self.ns.stop(self.proc, sig or signal.SIGTERM)
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self):
-        try:
-            with open(self.log_path) as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def wait_ready(self, registry, timeout=30):
-        def ready():
-            assert self.alive(), f"agent on {self.hostname} exited:\n{self.log()[-3000:]}"
-            st = registry.host_status(self.hostname)
-            return st is not None and st.ready
-        try:
-            return nsmod.wait_for(ready, timeout, 0.2, f"agent {self.hostname} ready")
-        except TimeoutError:
-            raise TimeoutError(f"agent {self.hostname} not ready:\n{self.log()[-3000:]}") from None
-
-
 @pytest.fixture
 def agent_factory(etcd, prefix, tmp_path):
     """make(ns, hostname, **env) -> a started AgentProcess; all are stopped after the test."""
     made = []
 
     def make(ns, hostname, **env):
-        a = AgentProcess(ns, hostname, etcd, prefix, str(tmp_path / f"agent-{hostname}.log"),
+        a = AgentProcess(ns, hostname, etcd.unix_endpoint, prefix, str(tmp_path / f"agent-{hostname}.log"),
                          env).start()
         made.append(a)
         return a

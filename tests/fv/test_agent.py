@@ -1,0 +1,242 @@
+"""The agent for real: routes, interfaces, status and health, in throwaway namespaces."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from felix_py.datastore.client import EtcdClient
+from felix_py.datastore.embedded import EmbeddedEtcd
+from felix_py.datastore.keys import EndpointId, KeyLayout
+from felix_py.datastore.registration import Registry
+from felix_py.lab.netns import mac_of, wait_for
+from felix_py.lab.processes import AgentProcess
+
+H = "host-a"
+
+
+def eid(name, host=H):
+    return EndpointId(host, "k8s", name, "eth0")
+
+
+def ep(iface, ip, **kw):
+    return {"name": iface, "ipv4_nets": [f"{ip}/32"], **kw}
+
+
+def route_lines(host):
+    return [r for r in host.routes("proto", "98")]
+
+
+def has_route(host, ip, dev):
+    return any(r.startswith(f"{ip} dev {dev} ") for r in route_lines(host))
+
+
+def status(registry, e):
+    st = registry.endpoint_status(e)
+    return st and (st.status, st.reason)
+
+
+@pytest.fixture
+def host(host_factory):
+    return host_factory("ha")
+
+
+def test_endpoint_route_ping_and_removal(host, registry, agent_factory, workload_factory):
+    w1 = workload_factory(host, "w1", "cali1", "10.65.0.1")
+    w2 = workload_factory(host, "w2", "cali2", "10.65.0.2")
+    registry.register_endpoint(eid("w1"), ep("cali1", "10.65.0.1", mac=mac_of(w1, "eth0")))
+    agent = agent_factory(host, H)
+    agent.wait_ready(registry)
+    registry.register_endpoint(eid("w2"), ep("cali2", "10.65.0.2"))
+    wait_for(lambda: has_route(host, "10.65.0.2", "cali2"), what="route to w2")
+    assert has_route(host, "10.65.0.1", "cali1")
+    # The interface is configured as a Calico host-side veth.
+    assert host.run("sysctl -n net.ipv4.conf.cali2.proxy_arp").stdout.strip() == "1"
+    assert host.run("sysctl -n net.ipv4.conf.cali2.rp_filter").stdout.strip() == "1"
+    assert host.run("sysctl -n net.ipv4.neigh.cali2.proxy_delay").stdout.strip() == "0"
+    assert host.run("sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+    # A permanent neighbour entry for the MAC given.
+    assert "PERMANENT" in host.run("ip neigh show 10.65.0.1 dev cali1").stdout
+    assert w1.ping("10.65.0.2") and w2.ping("10.65.0.1")
+    wait_for(lambda: status(registry, eid("w2")) == ("up", None), what="w2 status up")
+
+    registry.remove_endpoint(eid("w2"))
+    wait_for(lambda: not has_route(host, "10.65.0.2", "cali2"), what="route to w2 gone")
+    assert not w1.ping("10.65.0.2")
+    assert has_route(host, "10.65.0.1", "cali1")
+    wait_for(lambda: registry.endpoint_status(eid("w2")) is None, what="w2 status removed")
+
+    # Inactive: the route goes, the status says why.
+    registry.update_endpoint(eid("w1"), state="inactive")
+    wait_for(lambda: not has_route(host, "10.65.0.1", "cali1"), what="inactive route gone")
+    wait_for(lambda: status(registry, eid("w1")) == ("down", "endpoint is inactive"))
+
+
+def test_interface_created_after_key_and_removed(host, registry, agent_factory,
+                                                 workload_factory):
+    agent = agent_factory(host, H)
+    agent.wait_ready(registry)
+    registry.register_endpoint(eid("late"), ep("calilate", "10.65.0.9"))
+    wait_for(lambda: status(registry, eid("late")) ==
+             ("down", "interface calilate does not exist"), what="status down")
+    assert not has_route(host, "10.65.0.9", "calilate")
+    w = workload_factory(host, "late", "calilate", "10.65.0.9")
+    wait_for(lambda: has_route(host, "10.65.0.9", "calilate"), what="route once link exists")
+    wait_for(lambda: status(registry, eid("late")) == ("up", None), what="status up")
+    assert host.ping("10.65.0.9")
+    w.delete()          # the veth goes with the container's namespace
+    wait_for(lambda: not has_route(host, "10.65.0.9", "calilate"), what="route gone with link")
+    wait_for(lambda: status(registry, eid("late")) ==
+             ("down", "interface calilate does not exist"), what="status down again")
+
+
+def test_endpoint_moves_between_hosts(host_factory, registry, agent_factory, workload_factory):
+    a, b = host_factory("hma"), host_factory("hmb")
+    workload_factory(a, "mv", "calimv", "10.65.1.7")
+    workload_factory(b, "mv2", "calimv", "10.65.1.7")    # the container re-created on B
+    registry.register_endpoint(eid("mv", "A"), ep("calimv", "10.65.1.7"))
+    agent_a, agent_b = agent_factory(a, "A"), agent_factory(b, "B")
+    agent_a.wait_ready(registry)
+    agent_b.wait_ready(registry)
+    wait_for(lambda: has_route(a, "10.65.1.7", "calimv"), what="route on A")
+    assert not has_route(b, "10.65.1.7", "calimv")
+    registry.move_endpoint(eid("mv", "A"), "B")
+    wait_for(lambda: has_route(b, "10.65.1.7", "calimv"), what="route on B")
+    wait_for(lambda: not has_route(a, "10.65.1.7", "calimv"), what="route withdrawn from A")
+    wait_for(lambda: status(registry, eid("mv", "B")) == ("up", None), what="status on B")
+    assert registry.endpoint_status(eid("mv", "A")) is None
+
+
+def test_restart_flaps_no_route(host, registry, agent_factory, workload_factory):
+    for i in range(20):
+        workload_factory(host, f"r{i}", f"calir{i}", f"10.65.2.{i + 1}")
+    registry.register_endpoints([(eid(f"r{i}"), ep(f"calir{i}", f"10.65.2.{i + 1}"))
+                                 for i in range(20)])
+    # A stale route of ours (its endpoint is gone) and a route that is not ours.
+    host.run("ip route add 10.65.9.9/32 dev calir0 proto 98 scope link")
+    host.run("ip route add 10.65.8.8/32 dev calir0 proto static scope link")
+    agent = agent_factory(host, H)
+    agent.wait_ready(registry)
+    wait_for(lambda: len(route_lines(host)) == 20, what="20 routes")
+    assert not any(r.startswith("10.65.9.9") for r in route_lines(host)), "stale route kept"
+    assert any(r.startswith("10.65.8.8") for r in host.routes()), "foreign route removed"
+
+    mon = subprocess.Popen(host.exec_argv(["ip", "-o", "monitor", "route"]),
+                           stdout=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(mon.stdout), daemon=True)
+    reader.start()
+    try:
+        time.sleep(0.3)
+        agent.stop()
+        assert len(route_lines(host)) == 20, "a stopped agent must leave its routes"
+        agent2 = agent_factory(host, H)
+        agent2.wait_ready(registry)
+        time.sleep(1.0)
+    finally:
+        mon.terminate()
+        mon.wait(5)
+        reader.join(5)
+    deleted = [ln for ln in lines if ln.startswith("Deleted") and "10.65.2." in ln]
+    assert deleted == [], f"routes deleted during restart: {deleted}"
+    assert len(route_lines(host)) == 20
+
+
+def test_bad_endpoints_are_reported_and_the_rest_served(host, registry, client, layout,
+                                                        agent_factory, workload_factory):
+    workload_factory(host, "good", "caligood", "10.65.3.1")
+    workload_factory(host, "dup", "calidup", "10.65.3.1")
+    registry.register_endpoint(eid("good"), ep("caligood", "10.65.3.1"))
+    registry.register_endpoint(eid("zdup"), ep("calidup", "10.65.3.1"))
+    # Written behind the API's back, as a buggy orchestrator would.
+    client.put(layout.endpoint(eid("wide")), json.dumps(ep("caliwide", "10.65.4.0")
+                                                        | {"ipv4_nets": ["10.65.4.0/24"]}))
+    client.put(layout.endpoint(eid("junk")), "{not json")
+    client.put(layout.endpoint(eid("binary")), b"\xff\xfe\x00")
+    client.put(layout.dir("v1/host", H) + "workload/too/short", "{}")
+    agent = agent_factory(host, H)
+    agent.wait_ready(registry)
+    wait_for(lambda: has_route(host, "10.65.3.1", "caligood"), what="good route")
+    st = wait_for(lambda: registry.endpoint_status(eid("wide")), what="wide status")
+    assert st.status == "error" and "ipv4_nets" in st.reason and "/32" in st.reason
+    st = wait_for(lambda: registry.endpoint_status(eid("junk")), what="junk status")
+    assert st.status == "error" and "malformed JSON" in st.reason
+    assert registry.endpoint_status(eid("binary")).status == "error"
+    st = wait_for(lambda: registry.endpoint_status(eid("zdup")), what="dup status")
+    assert st.status == "error" and "10.65.3.1/32" in st.reason and "good" in st.reason
+    routes_to_dup = [r for r in route_lines(host) if r.startswith("10.65.3.1 ")]
+    assert len(routes_to_dup) == 1 and " dev caligood " in routes_to_dup[0]
+    assert "is not part of the felix-py key layout" in agent.log()
+    # Fixing the bad value brings the endpoint up.
+    workload_factory(host, "wide", "caliwide", "10.65.4.1")
+    registry.register_endpoint(eid("wide"), ep("caliwide", "10.65.4.1"))
+    wait_for(lambda: has_route(host, "10.65.4.1", "caliwide"), what="fixed endpoint routed")
+    assert agent.alive()
+
+
+def test_health_and_metrics(host, registry, agent_factory, workload_factory):
+    workload_factory(host, "hm", "calihm", "10.65.5.1")
+    registry.register_endpoint(eid("hm"), ep("calihm", "10.65.5.1"))
+    agent = agent_factory(host, H, FELIX_HEALTH_PORT="9099")
+    agent.wait_ready(registry)
+
+    def get(path):
+        code = ("import urllib.request,urllib.error,sys\n"
+                "try:\n r=urllib.request.urlopen('http://127.0.0.1:9099%s',timeout=2)\n"
+                " print(r.status); print(r.read().decode())\n"
+                "except urllib.error.HTTPError as e: print(e.code)\n" % path)
+        return host.run([sys.executable, "-c", code]).stdout
+    assert get("/livez").startswith("200")
+    assert get("/readyz").startswith("200")
+    metrics = get("/metrics")
+    assert 'felix_local_endpoints{status="up"} 1.0' in metrics
+    assert "felix_apply_seconds_count" in metrics
+    hb = registry.host_status(H)
+    assert hb.first_update and hb.uptime >= 0
+
+
+def test_heartbeat_vanishes_when_agent_dies(host, registry, agent_factory):
+    agent = agent_factory(host, H)
+    agent.wait_ready(registry)
+    agent.stop(signal.SIGKILL)
+    # The lease (TTL 5 s in tests) expires: no one keeps the heartbeat alive.
+    wait_for(lambda: registry.host_status(H) is None, timeout=15, what="heartbeat expiry")
+
+
+def test_etcd_outage_keeps_dataplane(host_factory, workload_factory, tmp_path, prefix):
+
+    server = EmbeddedEtcd(data_dir=str(tmp_path / "etcd")).start()
+    host = host_factory("ho")
+    agent = None
+    try:
+        client = EtcdClient(server.endpoint)
+        reg = Registry(client, KeyLayout(prefix))
+        w1 = workload_factory(host, "o1", "calio1", "10.65.6.1")
+        workload_factory(host, "o2", "calio2", "10.65.6.2")
+        workload_factory(host, "o3", "calio3", "10.65.6.3")
+        reg.register_endpoint(eid("o1"), ep("calio1", "10.65.6.1"))
+        reg.register_endpoint(eid("o2"), ep("calio2", "10.65.6.2"))
+        agent = AgentProcess(host, H, server.unix_endpoint, prefix, str(tmp_path / "agent.log")).start()
+        agent.wait_ready(reg)
+        assert w1.ping("10.65.6.2")
+        server.stop()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert w1.ping("10.65.6.2"), "ping failed while etcd was down"
+            time.sleep(1)
+        assert agent.alive()
+        server.start()
+        reg.register_endpoint(eid("o3"), ep("calio3", "10.65.6.3"))
+        wait_for(lambda: has_route(host, "10.65.6.3", "calio3"), timeout=30,
+                 what="change after etcd returned")
+        assert w1.ping("10.65.6.3")
+        assert "resync at revision" in agent.log()
+        client.close()
+    finally:
+        if agent:
+            agent.stop()
+        server.destroy()
