@@ -191,7 +191,7 @@ IcmpCode = Annotated[int, Field(ge=0, le=255)]
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)
@@ -228,7 +228,7 @@ class Endpoint(Record):
 # -- policy ------------------------------------------------------------------------------
 
 class Rule(Record):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
     action: Literal["allow", "deny", "log"] = "allow"
     ip_version: Optional[Literal[4, 6]] = None
@@ -312,29 +312,52 @@ class Pool(Record):
 
 
 class IpamConfig(Record):
-    strict_affinity: bool = False
-    auto_allocate_blocks: bool = True
+    """``/calico/ipam/v2/config``, in the field names of Calico's etcd format."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    strict_affinity: bool = False           # never borrow from another host's block
+    auto_allocate_blocks: bool = True       # claim new blocks when the own ones are full
+    max_blocks_per_host: int = Field(0, ge=0, alias="maxBlocksPerHost")   # 0: no limit
+
+
+def _null_as_empty(v: Any) -> Any:
+    return {} if v is None else v
 
 
 class BlockAttribute(Record):
+    """Who holds an allocation: its handle and free-form facts (host, endpoint, ...)."""
     handle_id: Optional[str] = None
-    secondary: dict[str, str] = {}
+    secondary: Annotated[dict[str, str], BeforeValidator(_null_as_empty)] = {}
 
 
 class Block(Record):
+    """One block of a pool (``/calico/ipam/v2/assignment/ipv4/block/<cidr>``), in Calico's
+    format: ``allocations[ordinal]`` indexes ``attributes`` (None: free), ``unallocated``
+    lists the free ordinals in the order they are handed out."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
     cidr: AnyNet
     affinity: Optional[str] = None                 # "host:<hostname>"
-    strict_affinity: bool = False
+    strict_affinity: bool = Field(False, alias="strictAffinity")
     allocations: list[Optional[int]]
     unallocated: list[int]
     attributes: list[BlockAttribute] = []
+    deleted: bool = False                          # Calico's field; accepted, never set
 
     @model_validator(mode="after")
-    def _sizes(self):
+    def _consistent(self):
         net = ipaddress.ip_network(self.cidr)
         if len(self.allocations) != net.num_addresses:
             raise ValueError(f"allocations has {len(self.allocations)} entries for a block "
                              f"of {net.num_addresses} addresses")
+        free = {i for i, a in enumerate(self.allocations) if a is None}
+        if len(set(self.unallocated)) != len(self.unallocated) or set(self.unallocated) != free:
+            raise ValueError("unallocated must list each free ordinal (allocations[i] is "
+                             "null) exactly once")
+        bad = [a for a in self.allocations if a is not None and not 0 <= a < len(self.attributes)]
+        if bad:
+            raise ValueError(f"allocations refer to attribute {bad[0]}, but there are "
+                             f"{len(self.attributes)} attributes")
         return self
 
     @property
@@ -346,11 +369,14 @@ class Block(Record):
 
 class Affinity(Record):
     state: Literal["confirmed", "pending", "pendingDeletion"] = "confirmed"
+    deleted: bool = False                          # Calico's field; accepted, never set
 
 
 class Handle(Record):
-    handle_id: str
+    """``/calico/ipam/v2/handle/<id>``: how many addresses the handle holds per block (the
+    id is the key's last segment, as in Calico)."""
     block: dict[str, int] = {}
+    deleted: bool = False                          # Calico's field; accepted, never set
 
 
 # -- BGP ---------------------------------------------------------------------------------

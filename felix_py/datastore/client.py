@@ -22,6 +22,14 @@ from pyetcd.utils import prefix_range_end, to_bytes
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 2000
+# gRPC backs off reconnecting up to two minutes by default: an etcd that comes back would
+# go unnoticed that long.  Keepalives find a silently dead connection.
+GRPC_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+                ("grpc.keepalive_time_ms", 10000),
+                ("grpc.keepalive_timeout_ms", 5000),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 STATE_DIR = os.environ.get("FELIX_STATE_DIR", "/run/felix-py")
 EMBEDDED_RECORD = os.path.join(STATE_DIR, "etcd-endpoint")
 
@@ -53,7 +61,7 @@ class _UnixEndpoint(pyetcd.Endpoint):
 
     def __init__(self, path: str, time_retry: float):
         self.path = path
-        super().__init__("unix", 0, secure=False, time_retry=time_retry)
+        super().__init__("unix", 0, secure=False, time_retry=time_retry, opts=GRPC_OPTIONS)
         self.netloc = f"unix:{path}"
 
     def _mkchannel(self, opts):
@@ -121,16 +129,20 @@ class EtcdClient:
                     raise DatastoreError(f"cannot read TLS file {path}: {e.strerror}") from None
             creds = grpc.ssl_channel_credentials(read(tls.ca), read(tls.key), read(tls.cert))
         eps = []
-        for scheme, host, port in parse_endpoints(endpoints):
+        parsed = parse_endpoints(endpoints)
+        # pyetcd refuses a failed endpoint for time_retry seconds; with a single endpoint
+        # there is nothing to fail over to, so try it again at once.
+        retry = 1.0 if len(parsed) > 1 else 0.0
+        for scheme, host, port in parsed:
             if scheme == "unix":
-                eps.append(_UnixEndpoint(host, time_retry=1.0))
+                eps.append(_UnixEndpoint(host, time_retry=retry))
                 continue
             secure = scheme == "https"
             if secure and creds is None:
                 creds = grpc.ssl_channel_credentials()
-            # time_retry: a failed endpoint is tried again after 1 s, not pyetcd's 300 s.
             eps.append(pyetcd.Endpoint(host, port, secure=secure,
-                                       creds=creds if secure else None, time_retry=1.0))
+                                       creds=creds if secure else None, time_retry=retry,
+                                       opts=GRPC_OPTIONS))
         self._raw = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout,
                                                    failover=len(eps) > 1)
 

@@ -131,7 +131,7 @@ class Syncer:
         self._cancel_watches()
 
     def _run(self) -> None:
-        retrying = Retrying(wait=wait_exponential_jitter(initial=0.2, max=self.max_backoff),
+        retrying = Retrying(wait=wait_exponential_jitter(multiplier=0.2, max=self.max_backoff, jitter=0.2),
                             retry=retry_if_exception_type((DatastoreUnavailable, _WatchBroken)),
                             stop=stop_never, before_sleep=self._on_retry, reraise=True)
         while not self._stop.is_set():
