@@ -203,12 +203,12 @@ class Endpoint(Record):
     state: Literal["active", "inactive"] = "active"
     name: InterfaceName
     mac: Optional[Mac] = None
-    profile_ids: list[Name] = []
-    ipv4_nets: list[Ipv4Host] = []
-    ipv6_nets: list[Ipv6Host] = []
+    profile_ids: list[Name] = Field(default_factory=list)
+    ipv4_nets: list[Ipv4Host] = Field(default_factory=list)
+    ipv6_nets: list[Ipv6Host] = Field(default_factory=list)
     ipv4_gateway: Optional[Ipv4Addr] = None
     ipv6_gateway: Optional[Ipv6Addr] = None
-    labels: Labels = {}
+    labels: Labels = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -289,8 +289,8 @@ class Rule(Record):
 
 
 class ProfileRules(Record):
-    inbound_rules: list[Rule] = []
-    outbound_rules: list[Rule] = []
+    inbound_rules: list[Rule] = Field(default_factory=list)
+    outbound_rules: list[Rule] = Field(default_factory=list)
 
 
 # -- IP pools and IPAM -------------------------------------------------------------------

@@ -9,6 +9,7 @@ built can always be parsed back.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -125,23 +126,21 @@ def _split_template(template: str) -> list[tuple[str, str | None, str]]:
     return out
 
 
+def _template_regex(segs) -> re.Pattern:
+    parts = []
+    for pre, name, post in segs:
+        if name is None:
+            parts.append(re.escape(pre))
+        else:
+            value = "v[46]" if name == "v" else "[^/]+"
+            parts.append(f"{re.escape(pre)}(?P<{name}>{value}){re.escape(post)}")
+    return re.compile("/".join(parts) + r"\Z")
+
+
 _COMPILED = [(kind, _split_template(t)) for kind, t in _TEMPLATES]
 _BY_LEN: dict[int, list] = {}
 for _kind, _segs in _COMPILED:
-    _BY_LEN.setdefault(len(_segs), []).append((_kind, _segs))
-
-
-def _match(segs, parts_in) -> dict | None:
-    parts: dict = {}
-    for (pre, name, post), got in zip(segs, parts_in):
-        if name is None:
-            if got != pre:
-                return None
-            continue
-        if not got.startswith(pre) or not got.endswith(post) or len(got) <= len(pre) + len(post):
-            return None
-        parts[name] = got[len(pre):len(got) - len(post)] if post else got[len(pre):]
-    return parts
+    _BY_LEN.setdefault(len(_segs), []).append((_kind, _template_regex(_segs)))
 
 
 class KeyLayout:
@@ -161,16 +160,15 @@ class KeyLayout:
                 raise KeyLayoutError(f"key {key!r} is not UTF-8") from None
         if not key.startswith(self._root):
             raise KeyLayoutError(f"key {key!r} is outside the prefix {self.prefix}")
-        segments = key[len(self._root):].split("/")
-        if any(not s for s in segments):
+        rest = key[len(self._root):]
+        if "//" in rest or rest.endswith("/") or not rest:
             raise KeyLayoutError(f"key {key!r} has an empty path segment")
-        for kind, segs in _BY_LEN.get(len(segments), ()):
-            parts = _match(segs, segments)
-            if parts is None:
+        for kind, regex in _BY_LEN.get(rest.count("/") + 1, ()):
+            m = regex.match(rest)
+            if m is None:
                 continue
+            parts = m.groupdict()
             if "v" in parts:
-                if parts["v"] not in ("v4", "v6"):
-                    continue
                 parts["version"] = int(parts.pop("v")[1])
             if "cidr" in parts:
                 parts["cidr"] = segment_to_cidr(parts["cidr"])
