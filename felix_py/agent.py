@@ -38,8 +38,8 @@ from felix_py.status import StatusReporter
 log = logging.getLogger("felix_py.agent")
 
 # Settings the running agent cannot change in place.
-RESTART_SETTINGS = ("RouteProtocol", "HealthHost", "HealthPort", "ReportingTtlSecs", "ReportingIntervalSecs",
-                    "InterfacePrefix", "BgpGracefulRestartSecs")
+RESTART_SETTINGS = ("RouteProtocol", "HealthHost", "HealthPort", "ReportingTtlSecs",
+                    "ReportingIntervalSecs", "InterfacePrefix", "BgpGracefulRestartSecs")
 
 
 @dataclass

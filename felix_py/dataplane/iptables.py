@@ -128,8 +128,8 @@ def render(desired: dict[str, tuple[str, ...]], dirty: set[str],
            state: TableState) -> tuple[list[str], TableState]:
     """The ``iptables-restore --noflush`` lines that bring the chains in ``dirty`` (a name
     missing from ``desired`` is removed) and the hooks in line, and the state after them."""
-    new_state = TableState({c: list(h) for c, h in state.chains.items()},
-                           {c: list(t) for c, t in state.builtins.items()})
+    # Lists are replaced, never changed in place, so the old state stays valid on failure.
+    new_state = TableState(dict(state.chains), {c: list(t) for c, t in state.builtins.items()})
     lines = []
     creates = sorted(c for c in dirty if c in desired and c not in state.chains)
     lines += [f":{c} - [0:0]" for c in creates]
