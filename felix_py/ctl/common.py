@@ -9,7 +9,6 @@ status 1.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import socket
@@ -140,11 +139,6 @@ def split_nets(addresses: Iterable[str]) -> tuple[list[str], list[str]]:
                            f"(/{net.max_prefixlen})")
         (v4 if net.version == 4 else v6).append(str(net))
     return v4, v6
-
-
-def default_interface(eid: EndpointId) -> str:
-    """Calico's convention: "cali" + the first 11 hex digits of a hash of the endpoint."""
-    return "cali" + hashlib.sha1(str(eid).encode()).hexdigest()[:11]
 
 
 def local_hostname() -> str:

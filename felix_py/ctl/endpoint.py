@@ -14,8 +14,9 @@ import click
 
 from felix_py import model
 from felix_py.ctl import documents
+from felix_py.cni.link import host_ifname
 from felix_py.ctl.common import (DEFAULT_ENDPOINT, DEFAULT_ORCHESTRATOR, CtlError, Ctx,
-                                 default_interface, find_endpoint, model_error, parse_labels,
+                                 find_endpoint, model_error, parse_labels,
                                  pass_ctx, require_profiles, retry_on_conflict, split_nets)
 from felix_py.ctl.output import emit, fields, output_option
 from felix_py.datastore.client import Conflict
@@ -78,7 +79,7 @@ def add(ctx: Ctx, workload, host, orchestrator, endpoint_name, interface, ips, m
     eid = _endpoint_id(workload, host, orchestrator, endpoint_name)
     v4, v6 = split_nets(ips)
     value: dict[str, Any] = {"state": "inactive" if inactive else "active",
-                             "name": interface or default_interface(eid),
+                             "name": interface or host_ifname(eid),
                              "ipv4_nets": v4, "ipv6_nets": v6, "profile_ids": list(profiles),
                              "labels": parse_labels(labels)}
     if mac:

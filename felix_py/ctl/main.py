@@ -16,6 +16,7 @@ from felix_py import config as config_mod
 from felix_py import model
 from felix_py.ctl import (bgp, config_cmd, datastore, diags, endpoint, group, ipam_cmd,
                           pool, profile, resources, status)
+from felix_py.ctl import lab_cmd
 from felix_py.ctl.common import CtlError, Ctx
 from felix_py.ctl.output import FORMATS, emit, fields, output_option
 from felix_py.datastore.client import DatastoreError, TlsFiles
@@ -88,7 +89,7 @@ def version():
 for _command in (status.status, status.node, endpoint.endpoint, profile.profile,
                  group.group, group.connect, group.disconnect, pool.pool, bgp.bgp, config_cmd.config, resources.apply, resources.create,
                  resources.delete, resources.get, diags.diags, datastore.datastore,
-                 ipam_cmd.ipam):
+                 ipam_cmd.ipam, lab_cmd.lab):
     cli.add_command(_command)
 
 

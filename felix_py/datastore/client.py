@@ -205,6 +205,20 @@ class EtcdClient:
                 return
             start = resp.kvs[-1].key + b"\0"
 
+    def read(self, keys: list[str]) -> dict[str, tuple[bytes | None, int]]:
+        """Several keys at one revision in one round trip: key -> (value, mod_revision);
+        (None, 0) for a key that does not exist."""
+        if not keys:
+            return {}
+        t = self._raw.transactions
+        _, responses = self._call(self._raw.transaction, compare=[],
+                                  success=[t.get(k) for k in keys], failure=[])
+        out = {}
+        for key, kvs in zip(keys, responses):
+            kvs = list(kvs)
+            out[key] = (kvs[0][0], kvs[0][1].mod_revision) if kvs else (None, 0)
+        return out
+
     def keys_with_prefix(self, prefix: str) -> list[str]:
         return [k for k, _, _ in self.get_prefix(prefix)[0]]
 

@@ -102,22 +102,7 @@ class Ipam:
     # -- etcd primitives -------------------------------------------------------------------
     def _read_many(self, keys: list[str]) -> dict[str, _Read]:
         """Several keys at one revision, in one round trip."""
-        if not keys:
-            return {}
-        t = self.client.transactions
-        # EtcdClient.txn() keeps only the verdict; the read responses come from the raw
-        # call, which goes through the client's error mapping all the same.
-        _, responses = self.client._call(self.client.raw.transaction, compare=[],
-                                         success=[t.get(k) for k in keys], failure=[])
-        out = {}
-        for key, resp in zip(keys, responses):
-            kvs = list(resp)
-            if kvs:
-                value, meta = kvs[0]
-                out[key] = _Read(value, meta.mod_revision)
-            else:
-                out[key] = _Read(None, 0)
-        return out
+        return {k: _Read(v, rev) for k, (v, rev) in self.client.read(keys).items()}
 
     def _read(self, key: str) -> _Read:
         return self._read_many([key])[key]

@@ -7,7 +7,6 @@ import pytest
 from felix_py import model
 from felix_py.ctl import common, output, resources, status
 from felix_py.ctl.common import CtlError
-from felix_py.datastore.keys import EndpointId
 
 
 def test_parse_ports():
@@ -34,13 +33,6 @@ def test_parse_labels():
     for bad in ("novalue", "=x"):
         with pytest.raises(CtlError, match="is not KEY=VALUE"):
             common.parse_labels([bad])
-
-
-def test_default_interface_is_calico_style_and_stable():
-    eid = EndpointId("h1", "cli", "w", "eth0")
-    name = common.default_interface(eid)
-    assert name == common.default_interface(eid) and name.startswith("cali")
-    assert len(name) == 15 and name != common.default_interface(eid._replace(host="h2"))
 
 
 def test_cells_and_tables():

@@ -1,0 +1,115 @@
+"""BIRD switches in network namespaces, for the FV tests, the benchmarks and the lab.
+
+``Bird(ns, name, workdir).start(conf)`` runs ``bird`` inside ``ns`` with its own
+configuration, control socket and pid file under ``workdir``; ``routes()`` and
+``protocols()`` read its state through ``birdc``; ``stop()`` ends it by its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+from felix_py.lab.netns import Netns, wait_for
+
+_ROUTE_RE = re.compile(r"^(\S+/\d+)\s+(unicast|blackhole|unreachable|prohibit)")
+_VIA_RE = re.compile(r"^\s+via (\S+)")
+
+
+class Bird:
+    def __init__(self, ns: Netns, name: str, workdir: str):
+        self.ns, self.name = ns, name
+        self.conf = os.path.join(workdir, f"{name}.conf")
+        self.sock = os.path.join(workdir, f"{name}.ctl")
+        self.pidfile = os.path.join(workdir, f"{name}.pid")
+        self.log = os.path.join(workdir, f"{name}.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, conf_text: str) -> "Bird":
+        with open(self.conf, "w") as f:
+            f.write(conf_text)
+        self.proc = self.ns.popen(["bird", "-f", "-c", self.conf, "-s", self.sock,
+                                   "-P", self.pidfile], log_path=self.log)
+        wait_for(lambda: self.proc.poll() is not None or self._ready(), 10,
+                 what=f"BIRD {self.name} control socket")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"BIRD {self.name} exited: {self._log_tail()}")
+        return self
+
+    def _ready(self) -> bool:
+        return os.path.exists(self.sock) and self.ns.ok(["birdc", "-s", self.sock, "show",
+                                                         "status"])
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log) as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def configure(self, conf_text: str) -> None:
+        with open(self.conf, "w") as f:
+            f.write(conf_text)
+        out = self.birdc("configure")
+        if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+            raise RuntimeError(f"BIRD {self.name} refused its new configuration: {out}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.ns.stop(self.proc, sig)
+            self.proc = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def birdc(self, *args: str) -> str:
+        return self.ns.run(["birdc", "-s", self.sock, *args]).stdout
+
+    def routes(self, table: str = "master4") -> dict[str, set[str]]:
+        """prefix -> next hops of every route BIRD holds (empty set: blackhole etc.)."""
+        out: dict[str, set[str]] = {}
+        current = None
+        for line in self.birdc("show", "route", "table", table).splitlines():
+            m = _ROUTE_RE.match(line)
+            if m:
+                current = m.group(1)
+                out.setdefault(current, set())
+                continue
+            m = _VIA_RE.match(line)
+            if m and current:
+                out[current].add(m.group(1))
+        return out
+
+    def protocols(self) -> dict[str, str]:
+        """BGP protocol name -> its BGP state (Established, Active, Connect, ...)."""
+        out = {}
+        for line in self.birdc("show", "protocols").splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "BGP":
+                out[parts[0]] = parts[-1] if parts[3] == "up" else parts[3]
+        return out
+
+
+# The agent with the BGP manager added to its managers, for as long as
+# felix_py.agent.build_managers does not build it itself (then this adds nothing).
+AGENT_WITH_BGP = """
+import sys
+import felix_py.agent as agent
+from bgp.manager import BgpManager
+build = agent.build_managers
+def with_bgp(ctx):
+    managers = build(ctx)
+    if not any(isinstance(m, BgpManager) for m in managers):
+        managers.insert(len(managers) - 1, BgpManager(ctx))
+    return managers
+agent.build_managers = with_bgp
+sys.exit(agent.main(sys.argv[1:]))
+"""
+
+
+def agent_argv(hostname: str, endpoints: str, prefix: str) -> list[str]:
+    return [sys.executable, "-c", AGENT_WITH_BGP, "--hostname", hostname,
+            "--etcd-endpoints", endpoints, "--etcd-prefix", prefix]

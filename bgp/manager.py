@@ -1,0 +1,323 @@
+"""The BGP manager: this host's announcements out through ExaBGP, learned routes in.
+
+On every batch it resolves the host's BGP plan (``bgp.config``) and the prefixes the host
+announces (``felix_py.calc.routes.exported_prefixes``); ``apply()`` renders ExaBGP's
+configuration (restarting ExaBGP only when it changed) and hands the driver the prefixes,
+which it sends as a diff and waits for ExaBGP to acknowledge.  ExaBGP's events come back
+through the agent's queue (``BgpEvent`` messages to ``on_message``) into the per-peer
+table (``bgp.rib``), whose accepted routes go to the route manager as the "bgp" source.
+
+Graceful restart, on both sides: ExaBGP announces it, and sends End-of-RIB only once the
+agent has re-announced everything; routes learned before ExaBGP (or the agent) restarted
+stay in the kernel until the peers have re-sent theirs, or the restart time runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from bgp import api
+from bgp.config import BgpPlan, resolve
+from bgp.driver import DriverError, ExaBgpDriver, ProcessDown, ProcessUp
+from bgp.exabgp_config import ConfigRejected, Options, listen_addresses, render
+from bgp.rib import ERROR, ESTABLISHED, Rib
+from felix_py import model
+from felix_py.calc.store import Changes, Store
+from felix_py.datastore.keys import EndpointId, Kind, KeyLayout, KeyLayoutError
+from felix_py.dataplane.links import Links
+from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.netlink import Netlink, Route
+
+try:
+    from felix_py.calc.routes import exported_prefixes
+except ImportError:  # pragma: no cover  (only while the calc module is being written)
+    def exported_prefixes(store: Store) -> set[str]:
+        return {n for ep in store.local_endpoints.values() if ep.state == "active"
+                for n in (*ep.ipv4_nets, *ep.ipv6_nets)}
+
+log = logging.getLogger(__name__)
+
+SOURCE = "bgp"
+ACK_WAIT = 15.0
+
+
+@dataclass(frozen=True)
+class BgpEvent:
+    """An event from the ExaBGP driver, carried through the agent's queue."""
+    event: object
+
+
+@dataclass(frozen=True)
+class StaleTimer:
+    """Time to drop stale routes whose graceful-restart time ran out."""
+
+
+def kernel_source_address(peer: str) -> str | None:
+    """The address this namespace's kernel would send from to reach ``peer`` (no packet
+    leaves: connecting a UDP socket only looks the route up); None without a route."""
+    family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((peer, 179))
+            return s.getsockname()[0]
+        except OSError:
+            return None
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BgpManager:
+    name = "bgp"
+
+    def __init__(self, ctx, *, driver_factory: Callable[..., ExaBgpDriver] | None = None,
+                 dump_routes: Callable[[], dict[str, Route]] | None = None,
+                 source_address: Callable[[str], str | None] | None = None,
+                 clock: Callable[[], float] = time.time, run_dir: str | None = None):
+        self.ctx = ctx
+        self.hostname: str = ctx.hostname
+        self.layout: KeyLayout = ctx.layout
+        self.clock = clock
+        self._own_run_dir = run_dir is None
+        self.run_dir = run_dir or tempfile.mkdtemp(prefix=f"felix-bgp-{self.hostname[:20]}-")
+        level = "INFO" if ctx.config.log_level == "DEBUG" else "WARNING"
+        make = driver_factory or (lambda **kw: ExaBgpDriver(
+            exabgp=ctx.config.exabgp_path or None, log_level=level, **kw))
+        self.driver = make(run_dir=self.run_dir, on_event=lambda e: ctx.post(BgpEvent(e)))
+        self._dump_routes = dump_routes or self._kernel_routes
+        self._source_address = source_address or kernel_source_address
+        self.plan = BgpPlan(self.hostname, enabled=False)
+        self.exported: frozenset[str] = frozenset()
+        self.problems: tuple[str, ...] = ()
+        self.key_errors: dict[str, str] = {}       # peer ip -> invalid peer key's error
+        self.rejected: dict[str, str] = {}         # peer ip -> refused by exabgp_config
+        self.rib = Rib(self.plan.import_policy, ctx.config.bgp_max_default_routes)
+        self.inherited: dict[str, Route] = {}      # routes of ours found at start (restart)
+        self.inherited_until: float | None = None
+        self.eor_seen: set[str] = set()
+        self._warned_ignored: set[str] = set()
+        self._applied_plan: BgpPlan | None = None
+        self._timer: threading.Timer | None = None
+        self._first_apply = True
+        self._dirty = True
+
+    # -- datastore -----------------------------------------------------------------------
+    def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
+        if changes.bgp or changes.config or self._first_apply:
+            self.plan = resolve(store.bgp, self.hostname)
+            self.key_errors = self._peer_key_errors(store)
+            self.rib.set_policy(self.plan.import_policy)
+            self.rib.max_default_paths = self.ctx.config.bgp_max_default_routes
+            self._dirty = True
+        if changes.endpoints or changes.ipam or changes.bgp or self._first_apply:
+            exported = frozenset(exported_prefixes(store))
+            if exported != self.exported:
+                self.exported = exported
+                self._dirty = True
+
+    def _peer_key_errors(self, store: Store) -> dict[str, str]:
+        """Invalid peer keys that concern this host: reported as peers in state error."""
+        out = {}
+        for key, err in store.errors.items():
+            try:
+                pk = self.layout.parse(key)
+            except KeyLayoutError:
+                continue
+            if pk.kind is Kind.BGP_PEER and pk.host in (None, self.hostname):
+                out[pk.parts["ip"]] = getattr(err, "message", None) or str(err)
+        return out
+
+    # -- events from the driver ----------------------------------------------------------
+    def on_message(self, msg: object) -> None:
+        if isinstance(msg, StaleTimer):
+            self._expire()
+        elif isinstance(msg, BgpEvent):
+            self._event(msg.event)
+        else:
+            return
+        self._push_routes()
+
+    def _event(self, ev: object) -> None:
+        now = self.clock()
+        if isinstance(ev, api.PeerState):
+            if ev.state == "down":
+                self.eor_seen.discard(ev.peer)
+                self._warned_ignored.discard(ev.peer)
+                log.info("BGP peer %s down: %s", ev.peer, ev.reason or "no reason given")
+            elif ev.state == "up":
+                log.info("BGP peer %s established", ev.peer)
+            self.rib.session(ev.peer, ev.state, now, ev.local, ev.reason)
+        elif isinstance(ev, api.RouteUpdate):
+            self.rib.update(ev.peer, ev.announced, ev.withdrawn)
+            if ev.peer not in self._warned_ignored:
+                ignored = [pf for pf, nh in ev.announced.items()
+                           if not self.rib.accepts(pf, nh)]
+                if ignored:
+                    # Once per session: the count is in the peer's status.
+                    self._warned_ignored.add(ev.peer)
+                    log.warning("BGP peer %s sends routes the %s import policy ignores "
+                                "(e.g. %s); they are counted, not installed", ev.peer,
+                                self.rib.policy, ignored[0])
+        elif isinstance(ev, api.EndOfRib):
+            self.rib.end_of_rib(ev.peer)
+            self.eor_seen.add(ev.peer)
+            self._maybe_drop_inherited()
+        elif isinstance(ev, api.Notification):
+            text = f"notification {ev.direction}: code {ev.code} subcode {ev.subcode}" + \
+                (f" ({ev.message})" if ev.message else "")
+            log.warning("BGP peer %s: %s", ev.peer, text)
+            self.rib.note(ev.peer, text)
+        elif isinstance(ev, ProcessDown):
+            self.eor_seen.clear()
+            self.rib.process_stopped(now, self.ctx.config.bgp_graceful_restart_secs)
+            self._arm_timer()
+        elif isinstance(ev, ProcessUp):
+            pass
+
+    # -- apply ---------------------------------------------------------------------------
+    def apply(self) -> None:
+        if self._first_apply:
+            self._first_apply = False
+            self._inherit()
+        if not self._dirty:
+            return
+        plan = self.plan
+        if not plan.enabled:
+            if self._applied_plan is not None and self._applied_plan.enabled:
+                log.info("BGP disabled on this host: %s", "; ".join(plan.problems))
+                self.driver.close()
+            self.rib.set_peers({}, {}, self.clock())
+            self._applied_plan = plan
+            self._dirty = False
+            self._push_routes()
+            return
+        cfg = self.ctx.config
+        options = Options(helper=self.driver.helper_argv, hold_time=cfg.bgp_hold_time_secs,
+                          graceful_restart=cfg.bgp_graceful_restart_secs)
+        try:
+            text, self.rejected = render(plan, options,
+                                         {p.ip: a for p in plan.peers
+                                          if (a := self._source_address(p.ip))})
+        except ConfigRejected as e:
+            raise DataplaneError(f"BGP configuration refused: {e}") from None
+        for ip, why in self.rejected.items():
+            log.error("BGP peer %s left out of ExaBGP's configuration: %s", ip, why)
+        running = {p.ip: p for p in plan.peers if p.ip not in self.rejected}
+        errors = {**self.key_errors, **self.rejected}
+        self.rib.set_peers({ip: p.peer_type for ip, p in running.items()}, errors, self.clock())
+        self.rib.set_own(self.exported, plan.own_addresses)
+        if plan != self._applied_plan:
+            for problem in plan.problems:
+                log.warning("BGP: %s", problem)
+        self.driver.configure(text, {ip: p.version for ip, p in running.items()},
+                              listen_addresses(plan))
+        self._applied_plan = plan
+        self._push_routes()
+        try:
+            self.driver.set_routes(set(self.exported), wait=ACK_WAIT)
+        except DriverError as e:
+            raise DataplaneError(str(e)) from None
+        self._dirty = False
+
+    # -- routes to the kernel ------------------------------------------------------------
+    def _push_routes(self) -> None:
+        learned = self.rib.kernel_routes()
+        routes = {dst: r for dst, r in self.inherited.items()}
+        for dst, hops in learned.items():
+            routes[dst] = Route(dst, gateways=hops)
+        self.ctx.routes.set_source_routes(SOURCE, routes)
+
+    def _kernel_routes(self) -> dict[str, Route]:
+        nl = Netlink()
+        try:
+            return nl.dump_routes(self.ctx.config.route_protocol)
+        finally:
+            nl.close()
+
+    def _inherit(self) -> None:
+        """Keep the routes a previous run learned (gateway routes with our protocol) until
+        the peers have re-sent theirs: an agent restart must not drop the default route."""
+        try:
+            found = self._dump_routes()
+        except (OSError, DataplaneError) as e:
+            log.warning("cannot read this host's routes at start: %s", e)
+            return
+        self.inherited = {dst: r for dst, r in found.items()
+                          if r.gateways and r.kind == "unicast" and r.scope == "universe"}
+        if self.inherited:
+            self.inherited_until = self.clock() + self.ctx.config.bgp_graceful_restart_secs
+            log.info("keeping %d BGP route(s) from before the restart until the peers "
+                     "re-send theirs", len(self.inherited))
+            self._arm_timer()
+            self._push_routes()
+
+    def _maybe_drop_inherited(self) -> None:
+        if not self.inherited:
+            return
+        live = [ip for ip, p in self.rib.peers.items() if p.state != ERROR]
+        if live and all(ip in self.eor_seen for ip in live):
+            self.inherited.clear()
+            self.inherited_until = None
+
+    def _expire(self) -> None:
+        now = self.clock()
+        if self.inherited_until is not None and now >= self.inherited_until:
+            self.inherited.clear()
+            self.inherited_until = None
+        self.rib.expire(now)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadlines = [d for d in (self.inherited_until,
+                                 *(p.stale_until for p in self.rib.peers.values())) if d]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadlines:
+            delay = max(0.0, min(deadlines) - self.clock()) + 0.05
+            self._timer = threading.Timer(delay, self.ctx.post, (StaleTimer(),))
+            self._timer.daemon = True
+            self._timer.start()
+
+    # -- status --------------------------------------------------------------------------
+    def peer_status(self) -> dict[str, model.BgpPeerStatus]:
+        out = {}
+        sent = len(self.driver.announced)
+        for ip, p in self.rib.peers.items():
+            received, accepted = self.rib.counts(ip) if p.state != ERROR else (0, 0)
+            out[ip] = model.BgpPeerStatus(
+                peer_type=p.peer_type, state=p.state, since=_iso(p.since),
+                received=received, accepted=accepted,
+                sent=sent if p.state == ESTABLISHED else 0, info=p.info)
+        return out
+
+    def status(self) -> dict:
+        states: dict[str, int] = {}
+        for p in self.rib.peers.values():
+            states[p.state] = states.get(p.state, 0) + 1
+        return {"bgp_mode": self.plan.mode if self.plan.enabled else "disabled",
+                "bgp_peers": states, "bgp_announced": len(self.driver.announced),
+                "bgp_learned_routes": len(self.rib.routes),
+                "exabgp_state": self.driver.state.value, "exabgp_restarts": self.driver.restarts,
+                "exabgp_error": self.driver.last_error, "bgp_problems": list(self.plan.problems)}
+
+    def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
+        return {}
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.driver.close()
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -1,0 +1,175 @@
+"""bgp.manager against a state fake of the driver: plan, announcements, learned routes,
+status."""
+
+from types import SimpleNamespace
+
+from bgp import api
+from bgp.driver import ProcessDown, State
+from bgp.manager import BgpManager
+from felix_py import config, model
+from felix_py.calc.store import Changes, Store
+from felix_py.datastore.keys import EndpointId, KeyLayout
+from felix_py.dataplane.netlink import Route
+
+
+class FakeDriver:
+    """Keeps what ExaBGP would have been told."""
+
+    def __init__(self, run_dir, on_event):
+        self.on_event = on_event
+        self.config = None
+        self.families = {}
+        self.listen = ()
+        self.announced = frozenset()
+        self.state = State.STOPPED
+        self.restarts, self.last_error = 0, None
+        self.helper_argv = ("/usr/bin/python3", "-m", "bgp.bridge", f"{run_dir}/api.sock")
+        self.configures = 0
+
+    def configure(self, text, families, listen=()):
+        if text != self.config:
+            self.configures += 1
+        self.config, self.families, self.listen = text, families, listen
+        self.state = State.RUNNING
+
+    def set_routes(self, prefixes, wait=None):
+        self.announced = frozenset(prefixes)
+
+    def close(self):
+        self.state = State.CLOSED
+
+
+class FakeRoutes:
+    def __init__(self):
+        self.sources = {}
+
+    def set_source_routes(self, source, routes):
+        self.sources[source] = dict(routes)
+
+
+def make(tmp_path, inherited=None):
+    posted = []
+    ctx = SimpleNamespace(config=config.load({}, {}), hostname="h1", post=posted.append,
+                          routes=FakeRoutes(), layout=KeyLayout("/calico"))
+    m = BgpManager(ctx, driver_factory=FakeDriver, run_dir=str(tmp_path),
+                   dump_routes=lambda: dict(inherited or {}),
+                   source_address=lambda ip: "10.1.0.11", clock=lambda: 1_800_000_000.0)
+    return m, ctx, posted
+
+
+def store_with(peers, endpoints=("10.65.0.1/32",)):
+    s = Store("h1")
+    s.bgp.as_num = 64512
+    s.bgp.host_ip_v4 = {"h1": "10.1.0.11"}
+    s.bgp.host_peers = {"h1": {ip: model.BgpPeer(ip=ip, as_num=a) for ip, a in peers}}
+    for i, net in enumerate(endpoints):
+        eid = EndpointId("h1", "k8s", f"w{i}", "eth0")
+        s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(name=f"cali{i}",
+                                                                   ipv4_nets=[net])
+    return s
+
+
+ALL = Changes(config=True, bgp=True, ipam=True, endpoints={None})
+
+
+def deliver(m, posted):
+    for msg in posted:
+        m.on_message(msg)
+    posted.clear()
+
+
+def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    m.on_changes(store_with([("10.1.0.1", 65101), ("10.2.0.1", 65102)]), ALL, None)
+    m.apply()
+    d = m.driver
+    assert d.announced == {"10.65.0.1/32"}
+    assert "neighbor 10.1.0.1 {" in d.config and "neighbor 10.2.0.1 {" in d.config
+    assert "local-address 10.1.0.11;" in d.config
+    assert d.families == {"10.1.0.1": 4, "10.2.0.1": 4}
+    for ip in ("10.1.0.1", "10.2.0.1"):
+        d.on_event(api.PeerState(ip, "up", "10.1.0.11"))
+        d.on_event(api.RouteUpdate(ip, {"0.0.0.0/0": ip, "10.9.0.0/16": ip}))
+    deliver(m, posted)
+    assert ctx.routes.sources["bgp"] == {
+        "0.0.0.0/0": Route("0.0.0.0/0", gateways=("10.1.0.1", "10.2.0.1"))}
+    st = m.peer_status()["10.2.0.1"]
+    assert (st.peer_type, st.state, st.received, st.accepted, st.sent) == \
+        ("tor", "established", 2, 1, 1)
+    assert st.since == "2027-01-15T08:00:00Z"
+    # A peer going down takes its next hop away; the other stays.
+    d.on_event(api.Notification("10.2.0.1", "receive", 6, 2, ""))
+    d.on_event(api.PeerState("10.2.0.1", "down", reason="notification received (6,2)"))
+    deliver(m, posted)
+    assert ctx.routes.sources["bgp"]["0.0.0.0/0"].gateways == ("10.1.0.1",)
+    assert m.peer_status()["10.2.0.1"].state == "idle"
+
+
+def test_endpoint_changes_are_diffs_and_do_not_restart_exabgp(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
+    m.apply()
+    m.on_changes(store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.65.0.2/32")),
+                 Changes(endpoints={None}), None)
+    m.apply()
+    assert m.driver.announced == {"10.65.0.1/32", "10.65.0.2/32"}
+    assert m.driver.configures == 1
+
+
+def test_exabgp_death_keeps_learned_routes_until_the_restart_time(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
+    m.apply()
+    m.driver.on_event(api.PeerState("10.1.0.1", "up", "10.1.0.11"))
+    m.driver.on_event(api.RouteUpdate("10.1.0.1", {"0.0.0.0/0": "10.1.0.1"}))
+    deliver(m, posted)
+    m.driver.on_event(ProcessDown(1, "ExaBGP exited (killed by SIGKILL)"))
+    deliver(m, posted)
+    assert "0.0.0.0/0" in ctx.routes.sources["bgp"]
+    assert m.peer_status()["10.1.0.1"].info == "ExaBGP restarting"
+    m._timer.cancel()
+
+
+def test_routes_of_a_previous_run_are_kept_until_the_peers_resend(tmp_path):
+    old = {"0.0.0.0/0": Route("0.0.0.0/0", oif=2, gateways=("10.1.0.1",)),
+           "10.65.0.1/32": Route("10.65.0.1/32", oif=5, scope="link")}
+    m, ctx, posted = make(tmp_path, inherited=old)
+    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
+    m.apply()
+    assert ctx.routes.sources["bgp"] == {"0.0.0.0/0": old["0.0.0.0/0"]}
+    m.driver.on_event(api.PeerState("10.1.0.1", "up", "10.1.0.11"))
+    m.driver.on_event(api.EndOfRib("10.1.0.1", "ipv4 unicast"))
+    deliver(m, posted)
+    assert ctx.routes.sources["bgp"] == {}
+    m._timer.cancel()
+
+
+def test_invalid_peer_keys_and_refused_peers_show_in_status(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    s = store_with([("10.1.0.1", 65101)])
+    s.bgp.host_peers["h1"]["10.1.0.2"] = model.BgpPeer(ip="10.1.0.2", as_num=65101,
+                                                       password="caf\u00e9")
+    s.errors["/calico/bgp/v1/host/h1/peer_v4/10.1.0.3"] = model.ModelError(
+        "/calico/bgp/v1/host/h1/peer_v4/10.1.0.3", "as_num", "AS number 0 is out of range")
+    s.errors["/calico/bgp/v1/host/h2/peer_v4/10.1.0.4"] = ValueError("another host's")
+    m.on_changes(s, ALL, None)
+    m.apply()
+    st = m.peer_status()
+    assert st["10.1.0.2"].state == "error" and "ASCII" in st["10.1.0.2"].info
+    assert st["10.1.0.3"].state == "error" and "out of range" in st["10.1.0.3"].info
+    assert "10.1.0.4" not in st
+    assert "neighbor 10.1.0.2" not in m.driver.config      # ExaBGP never sees it
+    assert st["10.1.0.1"].state == "idle"
+
+
+def test_no_bgp_address_stops_exabgp_and_reports(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
+    m.apply()
+    s = store_with([("10.1.0.1", 65101)])
+    s.bgp.host_ip_v4 = {}
+    m.on_changes(s, Changes(bgp=True), None)
+    m.apply()
+    assert m.driver.state is State.CLOSED
+    assert m.status()["bgp_mode"] == "disabled" and m.peer_status() == {}
+    assert "ip_addr_v4" in m.status()["bgp_problems"][0]
