@@ -23,10 +23,10 @@ import tempfile
 import time
 
 from bench.report import median, percentile, write_section
-from felix_py.calc.store import Changes, Store
+from felix_py.calc.store import Store
 from felix_py.datastore.client import EtcdClient
 from felix_py.datastore.embedded import EmbeddedEtcd
-from felix_py.datastore.keys import EndpointId, KeyLayout, Kind
+from felix_py.datastore.keys import EndpointId, KeyLayout
 from felix_py.datastore.registration import Registry
 from felix_py.datastore.syncer import decode_kv
 from felix_py.dataplane.links import LinkInfo, Links, LinkUpdate

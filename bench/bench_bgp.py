@@ -24,7 +24,8 @@ from bgp import fabric
 from bgp.config import BgpPlan, Peer
 from bgp.driver import ExaBgpDriver
 from bgp.exabgp_config import Options, render
-from bgp.lab import Bird, agent_argv
+from bgp.lab import Bird
+from felix_py.lab.processes import agent_argv
 from felix_py.calc.store import BgpSettings
 from felix_py import model
 from felix_py.datastore.client import EtcdClient

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 from felix_py.lab.netns import Netns, wait_for
 
@@ -92,24 +91,3 @@ class Bird:
                 out[parts[0]] = parts[-1] if parts[3] == "up" else parts[3]
         return out
 
-
-# The agent with the BGP manager added to its managers, for as long as
-# felix_py.agent.build_managers does not build it itself (then this adds nothing).
-AGENT_WITH_BGP = """
-import sys
-import felix_py.agent as agent
-from bgp.manager import BgpManager
-build = agent.build_managers
-def with_bgp(ctx):
-    managers = build(ctx)
-    if not any(isinstance(m, BgpManager) for m in managers):
-        managers.insert(len(managers) - 1, BgpManager(ctx))
-    return managers
-agent.build_managers = with_bgp
-sys.exit(agent.main(sys.argv[1:]))
-"""
-
-
-def agent_argv(hostname: str, endpoints: str, prefix: str) -> list[str]:
-    return [sys.executable, "-c", AGENT_WITH_BGP, "--hostname", hostname,
-            "--etcd-endpoints", endpoints, "--etcd-prefix", prefix]

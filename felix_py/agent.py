@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from bgp.manager import BgpManager
 from felix_py import __version__
 from felix_py import config as config_mod
 from felix_py.calc.store import Changes, Store
@@ -55,8 +56,9 @@ class Context:
 
 def build_managers(ctx: Context) -> list:
     """Every dataplane manager, in apply order: interfaces first, routes last (other
-    managers hand routes to the route manager during their own apply)."""
-    return [InterfaceManager(), ctx.routes]
+    managers hand routes to the route manager during their own apply; BGP also keeps the
+    learned routes found at start until its peers resend them, so it precedes routes)."""
+    return [InterfaceManager(), BgpManager(ctx), ctx.routes]
 
 
 class Agent:

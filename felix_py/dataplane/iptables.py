@@ -24,6 +24,8 @@ import logging
 import re
 import subprocess
 from dataclasses import dataclass, field
+import itertools
+from typing import Iterable, Iterator
 
 from felix_py.dataplane.manager import DataplaneError
 from policy import names
@@ -60,30 +62,51 @@ class RestoreBackend:
         self.wait_secs = wait_secs
 
     def save(self) -> str:
-        r = self._run([self.save_cmd, "-t", "filter"], None)
-        return r.stdout
-
-    def restore(self, text: str) -> None:
-        r = self._run([self.restore_cmd, "--noflush", "-w", str(self.wait_secs)], text,
-                      check=False)
-        if r.returncode != 0:
-            raise IptablesError(f"{self.restore_cmd} failed: {_explain(r.stderr, text)}")
-
-    def _run(self, argv: list[str], stdin: str | None, check: bool = True):
         try:
-            r = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+            r = subprocess.run([self.save_cmd, "-t", "filter"], capture_output=True, text=True,
                                timeout=self.wait_secs + 60)
         except (OSError, subprocess.SubprocessError) as e:
+            raise IptablesError(f"could not run {self.save_cmd}: {e}") from None
+        if r.returncode != 0:
+            raise IptablesError(f"{self.save_cmd} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def restore(self, lines: Iterable[str]) -> None:
+        """Stream ``lines`` (a whole ``*filter`` ... ``COMMIT`` batch) into one
+        iptables-restore; it parses while the rest is still being produced."""
+        argv = [self.restore_cmd, "--noflush", "-w", str(self.wait_secs)]
+        sent: list[str] = []
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        except OSError as e:
             raise IptablesError(f"could not run {argv[0]}: {e}") from None
-        if check and r.returncode != 0:
-            raise IptablesError(f"{' '.join(argv)} failed: {r.stderr.strip()}")
-        return r
+        it = iter(lines)
+        try:
+            while chunk := list(itertools.islice(it, 2000)):
+                sent += chunk
+                proc.stdin.write("\n".join(chunk) + "\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass            # it gave up early; its exit status and message say why
+        except BaseException:
+            proc.kill()     # the batch could not be produced: commit nothing
+            proc.wait()
+            raise
+        try:
+            stderr = proc.stderr.read()
+            code = proc.wait(timeout=self.wait_secs + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise IptablesError(f"{self.restore_cmd} did not finish") from None
+        if code != 0:
+            raise IptablesError(f"{self.restore_cmd} failed: {_explain(stderr, sent)}")
 
 
-def _explain(stderr: str, text: str) -> str:
+def _explain(stderr: str, lines: list[str]) -> str:
     msg = stderr.strip() or "no message"
     m = _ERR_LINE_RE.search(msg)
-    lines = text.splitlines()
     if m and 0 < int(m.group(1)) <= len(lines):
         msg += f" (line {m.group(1)}: {lines[int(m.group(1)) - 1]})"
     return msg
@@ -128,11 +151,22 @@ def render(desired: dict[str, tuple[str, ...]], dirty: set[str],
            state: TableState) -> tuple[list[str], TableState]:
     """The ``iptables-restore --noflush`` lines that bring the chains in ``dirty`` (a name
     missing from ``desired`` is removed) and the hooks in line, and the state after them."""
+    new_state = _copy(state)
+    return list(render_iter(desired, dirty, state, new_state)), new_state
+
+
+def _copy(state: TableState) -> TableState:
     # Lists are replaced, never changed in place, so the old state stays valid on failure.
-    new_state = TableState(dict(state.chains), {c: list(t) for c, t in state.builtins.items()})
-    lines = []
+    return TableState(dict(state.chains), {c: list(t) for c, t in state.builtins.items()})
+
+
+def render_iter(desired: dict[str, tuple[str, ...]], dirty: set[str], state: TableState,
+                new_state: TableState) -> Iterator[str]:
+    """``render`` as a generator that updates ``new_state`` as it goes, so that a batch can
+    be streamed into iptables-restore while the rest of it is still being rendered."""
     creates = sorted(c for c in dirty if c in desired and c not in state.chains)
-    lines += [f":{c} - [0:0]" for c in creates]
+    for c in creates:
+        yield f":{c} - [0:0]"
 
     for builtin, target in names.HOOKS.items():
         current = new_state.builtins.get(builtin, [])
@@ -140,9 +174,9 @@ def render(desired: dict[str, tuple[str, ...]], dirty: set[str],
             continue
         for i in reversed(range(len(current))):
             if current[i] is not None:
-                lines.append(f"-D {builtin} {i + 1}")
+                yield f"-D {builtin} {i + 1}"
                 del current[i]
-        lines.append(f"-I {builtin} 1 {_line(builtin, f'-j {target}')}")
+        yield f"-I {builtin} 1 {_line(builtin, f'-j {target}')}"
         new_state.builtins[builtin] = [target] + current
 
     for chain in sorted(dirty):
@@ -152,17 +186,18 @@ def render(desired: dict[str, tuple[str, ...]], dirty: set[str],
         want = [names.rule_hash(chain, body) for body in rules]
         have = new_state.chains.get(chain)
         if have is None:
-            lines += [f"-A {chain} {_line(chain, body, h)}" for body, h in zip(rules, want)]
+            for body, h in zip(rules, want):
+                yield f'-A {chain} -m comment --comment "felix:{h}" {body}'
         elif have != want:
-            lines += _diff(chain, have, want, rules)
+            yield from _diff(chain, have, want, rules)
         new_state.chains[chain] = want
 
     stale = sorted(c for c in dirty if c not in desired and c in new_state.chains)
-    lines += [f"-F {c}" for c in stale]
-    lines += [f"-X {c}" for c in stale]
     for c in stale:
+        yield f"-F {c}"
+    for c in stale:
+        yield f"-X {c}"
         del new_state.chains[c]
-    return lines, new_state
 
 
 def _diff(chain: str, have: list, want: list[str], rules: tuple[str, ...]) -> list[str]:
@@ -202,17 +237,24 @@ class IptablesTable:
         if full:
             self.state = parse_save(self.backend.save())
             dirty = set(desired) | set(self.state.chains)
-        lines, new_state = render(desired, dirty, self.state)
-        self.last_batch_lines = len(lines)
-        if not lines:
-            return
-        if full:
             stale = sorted(c for c in self.state.chains if c not in desired)
             if stale:
                 log.info("IPv%d: removing %d stale felix chain(s): %s", self.family,
                          len(stale), ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""))
+        new_state = _copy(self.state)
+        lines = render_iter(desired, dirty, self.state, new_state)
+        first = next(lines, None)
+        self.last_batch_lines = 0
+        if first is None:
+            self.state = new_state
+            return
+
+        def counted():
+            for line in itertools.chain((first,), lines):
+                self.last_batch_lines += 1
+                yield line
         try:
-            self.backend.restore("*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
+            self.backend.restore(itertools.chain(("*filter",), counted(), ("COMMIT",)))
         except IptablesError:
             self.state = None     # we no longer know what the table holds
             raise

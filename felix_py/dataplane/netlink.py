@@ -111,8 +111,11 @@ class Netlink:
     def route_message(self, op: str, route: Route, proto: int) -> tuple[int, bytes]:
         net = ipaddress.ip_network(route.dst)
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-        if op == "replace":
-            msg_type, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+        if op in ("replace", "create"):
+            # "create" refuses (EEXIST) where any route to dst exists: one that is not ours
+            # is never overwritten.  "replace" is for routes we already own.
+            extra = NLM_F_REPLACE if op == "replace" else NLM_F_EXCL
+            msg_type, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | extra
             scope, kind = _SCOPES[route.scope], _KINDS[route.kind]
         else:
             msg_type, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
@@ -120,7 +123,7 @@ class Netlink:
         body = _RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, proto, scope, kind, 0)
         if net.prefixlen:
             body += _attr(RTA_DST, net.network_address.packed)
-        if op == "replace":
+        if op != "delete":
             if route.oif:
                 body += _attr(RTA_OIF, struct.pack("=i", route.oif))
             if len(route.gateways) == 1:

@@ -85,7 +85,8 @@ class RouteManager:
             self._actual = self.nl.dump_routes(self.proto)
             log.info("found %d routes with protocol %d at start", len(self._actual), self.proto)
         want = self.desired()
-        changes = [("replace", r) for dst, r in want.items() if self._actual.get(dst) != r]
+        changes = [("replace" if dst in self._actual else "create", r)
+                   for dst, r in want.items() if self._actual.get(dst) != r]
         changes += [("delete", r) for dst, r in self._actual.items() if dst not in want]
         neigh = [("replace", k, mac) for k, mac in self._neigh_want.items()
                  if self._neigh_have.get(k) != mac]
@@ -99,10 +100,13 @@ class RouteManager:
         self._failed = {}
         for op, r in changes:
             code = failed.get((op, r))
-            if op == "replace" and not code:
+            if op != "delete" and not code:
                 self._actual[r.dst] = r
             elif op == "delete" and not code:
                 self._actual.pop(r.dst, None)
+            elif code == errno.EEXIST:
+                self._failed[r.dst] = (f"route {r.dst}: a route to it that felix-py does not "
+                                       "own already exists; left alone")
             elif code:
                 self._failed[r.dst] = f"route {r.dst}: {errno.errorcode.get(code, code)}"
         for op, k, mac in neigh:
@@ -119,8 +123,8 @@ class RouteManager:
             raise DataplaneError(f"{len(failed)} of {len(msgs)} route/neighbour changes failed "
                                  f"({sample})")
         if changes or neigh:
-            log.info("routes: %d replaced, %d deleted; neighbours: %d changed",
-                     sum(op == "replace" for op, _ in changes),
+            log.info("routes: %d added or replaced, %d deleted; neighbours: %d changed",
+                     sum(op != "delete" for op, _ in changes),
                      sum(op == "delete" for op, _ in changes), len(neigh))
 
     def close(self) -> None:

@@ -9,6 +9,12 @@ import sys
 from felix_py.lab.netns import wait_for
 
 
+def agent_argv(hostname: str, endpoints: str, prefix: str) -> list[str]:
+    """The command that runs the agent with this interpreter (and so this environment)."""
+    return [sys.executable, "-m", "felix_py.agent", "--hostname", hostname,
+            "--etcd-endpoints", endpoints, "--etcd-prefix", prefix]
+
+
 class AgentProcess:
     """felix-py running for real inside a host namespace (a Netns)."""
 
@@ -22,9 +28,8 @@ class AgentProcess:
     def start(self):
         env = {**os.environ, "FELIX_HEALTH_PORT": "0", "FELIX_REPORTING_INTERVAL_SECS": "1",
                "FELIX_REPORTING_TTL_SECS": "5", **self.env}
-        self.proc = self.ns.popen([sys.executable, "-m", "felix_py.agent", "--hostname",
-                                   self.hostname, "--etcd-endpoints", self.endpoints,
-                                   "--etcd-prefix", self.prefix], log_path=self.log_path, env=env)
+        self.proc = self.ns.popen(agent_argv(self.hostname, self.endpoints, self.prefix),
+                                  log_path=self.log_path, env=env)
         return self
 
     def stop(self, sig=None):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bgp import fabric
-from bgp.lab import Bird, agent_argv
+from bgp.lab import Bird
 from felix_py import model
 from felix_py.datastore.keys import EndpointId, Kind
 from felix_py.lab import netns as nsmod
@@ -21,11 +21,8 @@ from felix_py.lab.processes import AgentProcess
 
 class BgpAgent(AgentProcess):
     def start(self):
-        env = dict(os.environ, FELIX_HEALTH_PORT="0", FELIX_REPORTING_INTERVAL_SECS="1",
-                   FELIX_REPORTING_TTL_SECS="5", FELIX_BGP_HOLD_TIME_SECS="3", **self.env)
-        self.proc = self.ns.popen(agent_argv(self.hostname, self.endpoints, self.prefix),
-                                  log_path=self.log_path, env=env)
-        return self
+        self.env = {"FELIX_BGP_HOLD_TIME_SECS": "3", **self.env}
+        return super().start()
 
     def exabgp_pid(self):
         for pid in self.ns.pids():
