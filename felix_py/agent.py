@@ -32,6 +32,7 @@ from felix_py.dataplane.interfaces import InterfaceManager
 from felix_py.dataplane.links import (LinkMonitor, LinkMonitorFailed, Links, LinksSynced,
                                       LinkUpdate)
 from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.policy import PolicyManager
 from felix_py.dataplane.routes import RouteManager
 from felix_py.health import Health, Metrics, serve
 from felix_py.status import StatusReporter
@@ -55,10 +56,11 @@ class Context:
 
 
 def build_managers(ctx: Context) -> list:
-    """Every dataplane manager, in apply order: interfaces first, routes last (other
-    managers hand routes to the route manager during their own apply; BGP also keeps the
-    learned routes found at start until its peers resend them, so it precedes routes)."""
-    return [InterfaceManager(), BgpManager(ctx), ctx.routes]
+    """Every dataplane manager, in apply order: interfaces first; policy before routes, so
+    a workload's chains are enforced before its route makes it reachable; routes last
+    (BGP hands the route manager learned routes during its own apply, and keeps those found
+    at start until its peers resend them)."""
+    return [InterfaceManager(), PolicyManager.from_ctx(ctx), BgpManager(ctx), ctx.routes]
 
 
 class Agent:

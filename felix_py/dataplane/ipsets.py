@@ -8,7 +8,7 @@ full reconcile (first apply, after a failure, on ``refresh()``) reads the sets b
 ``ipset save``; sets not named ``felix-`` are never touched.
 
 Why not pyroute2's ipset API: it sends one netlink request per member and waits for each
-answer, measured at about 80x ``ipset restore`` for 5,000 members (docs/policy.md).
+answer, measured at 50-100x ``ipset restore`` for 5,000 members (docs/policy.md).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ and on ``refresh()``) reads the table back with ``iptables-save`` and also remov
 ``felix-`` chains nobody wants any more; rules and chains that are not ours are never
 touched.
 
-Why not python-iptables: measured in bench/bench_policy.py's first run, building rules
-through it costs about 0.7 ms each (50-65x ``iptables-restore`` for the same rules), far
-from the 3x target; see docs/policy.md.  Like python-iptables, the restore tools used here
+Why not python-iptables: building rules through it costs about 0.7-1 ms each, 40-100x
+``iptables-restore`` for the same rules (bench/bench_policy.py), far from the 3x target;
+see docs/policy.md.  Batches are streamed into the restore process as they are rendered.  Like python-iptables, the restore tools used here
 program the legacy (x_tables) backend; ``host_backend()`` says which one the host's own
 ``iptables`` command uses so the agent can warn when they differ.
 """

@@ -108,3 +108,13 @@ def host_factory(netns_factory):
         host.run(f"ip route add default via 192.0.2.{count[0] * 4 + 2}")
         return host
     return make
+
+
+ALLOW_ALL = {"inbound_rules": [{"action": "allow"}], "outbound_rules": [{"action": "allow"}]}
+
+
+@pytest.fixture
+def open_profile(registry):
+    """An allow-all profile's id, for tests about routing rather than policy."""
+    registry.set_profile("open", ALLOW_ALL)
+    return "open"

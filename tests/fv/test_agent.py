@@ -24,7 +24,14 @@ def eid(name, host=H):
 
 
 def ep(iface, ip, **kw):
-    return {"name": iface, "ipv4_nets": [f"{ip}/32"], **kw}
+    """An endpoint in the allow-all profile: these tests are about routing, not policy."""
+    return {"name": iface, "ipv4_nets": [f"{ip}/32"], "profile_ids": ["open"], **kw}
+
+
+@pytest.fixture(autouse=True)
+def _open(request):
+    if "registry" in request.fixturenames:
+        request.getfixturevalue("open_profile")
 
 
 def route_lines(host):
@@ -215,6 +222,8 @@ def test_etcd_outage_keeps_dataplane(host_factory, workload_factory, tmp_path, p
     try:
         client = EtcdClient(server.endpoint)
         reg = Registry(client, KeyLayout(prefix))
+        reg.set_profile("open", {"inbound_rules": [{"action": "allow"}],
+                                 "outbound_rules": [{"action": "allow"}]})
         w1 = workload_factory(host, "o1", "calio1", "10.65.6.1")
         workload_factory(host, "o2", "calio2", "10.65.6.2")
         workload_factory(host, "o3", "calio3", "10.65.6.3")

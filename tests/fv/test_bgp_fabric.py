@@ -101,6 +101,7 @@ def forwarding(*nss):
 
 
 def test_downward_default_fabric(netns_factory, workload_factory, registry, client, layout,
+                                 open_profile,
                                  agents, birds):
     core, tor1, tor2 = netns_factory("core"), netns_factory("tor1"), netns_factory("tor2")
     forwarding(core, tor1, tor2)
@@ -148,7 +149,8 @@ def test_downward_default_fabric(netns_factory, workload_factory, registry, clie
     for name, (host, ip) in wl.items():
         wns[name] = workload_factory(hosts[host], name, f"cali{name}", ip)
         registry.register_endpoint(eid(host, name), {"name": f"cali{name}",
-                                                     "ipv4_nets": [f"{ip}/32"]})
+                                                     "ipv4_nets": [f"{ip}/32"],
+                                                     "profile_ids": [open_profile]})
     running = {name: agents(ns, name) for name, ns in hosts.items()}
     for a in running.values():
         a.wait_ready(registry)
@@ -226,13 +228,14 @@ def _lan(netns_factory, n):
     return lan, hosts
 
 
-def _workloads(hosts, registry, workload_factory):
+def _workloads(hosts, registry, workload_factory, profile):
     wns = {}
     for i, (name, ns) in enumerate(sorted(hosts.items()), start=1):
         ip = f"10.66.{i}.1"
         wns[name] = workload_factory(ns, f"w{name}", f"caliw{name}", ip)
         registry.register_endpoint(eid(name, f"w{name}"),
-                                   {"name": f"caliw{name}", "ipv4_nets": [f"{ip}/32"]})
+                                   {"name": f"caliw{name}", "ipv4_nets": [f"{ip}/32"],
+                                    "profile_ids": [profile]})
         registry.set_host_bgp_address(name, f"10.3.0.{10 + i}")
     return wns
 
@@ -248,11 +251,12 @@ def _assert_full_routes(hosts, wns):
 
 
 def test_route_reflector_mode(netns_factory, workload_factory, registry, client, layout,
+                              open_profile,
                               agents, birds):
     lan, hosts = _lan(netns_factory, 3)
     registry.set_bgp_mode("route-reflector")
     registry.add_route_reflector("10.3.0.1", "1.0.0.1")
-    wns = _workloads(hosts, registry, workload_factory)
+    wns = _workloads(hosts, registry, workload_factory, open_profile)
     for name in hosts:
         registry.set_rr_cluster_id(name, "1.0.0.1")
     bgp, _ = fabric.load(client, layout)
@@ -264,10 +268,10 @@ def test_route_reflector_mode(netns_factory, workload_factory, registry, client,
     _assert_full_routes(hosts, wns)
 
 
-def test_node_mesh_mode(netns_factory, workload_factory, registry, agents):
+def test_node_mesh_mode(netns_factory, workload_factory, registry, agents, open_profile):
     lan, hosts = _lan(netns_factory, 3)
     registry.set_bgp_mode("node-mesh")
-    wns = _workloads(hosts, registry, workload_factory)
+    wns = _workloads(hosts, registry, workload_factory, open_profile)
     for name, ns in hosts.items():
         agents(ns, name).wait_ready(registry)
     _assert_full_routes(hosts, wns)
