@@ -30,5 +30,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing felix-py into .venv"
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,bench]'
 echo "==> ready: $(.venv/bin/felix-py --version)"
