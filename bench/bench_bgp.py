@@ -123,33 +123,44 @@ def announce_driver(n: int) -> float:
         p.close()
 
 
-def announce_agent(n: int, etcd: EmbeddedEtcd, run: int) -> float:
-    p = Pair()
-    prefix = f"/bench-bgp-{os.getpid()}-{run}"
+def timed_agent(p: "Pair", etcd: EmbeddedEtcd, prefix: str, configure, done) -> float:
+    """Write the datastore with ``configure(registry)``, start the agent in the pair's host
+    and time until ``done()``; everything is removed afterwards."""
     client = EtcdClient(etcd.endpoint)
     agent = None
     try:
         reg = Registry(client, KeyLayout(prefix))
         reg.mark_ready()
         reg.set_host_bgp_address("bench", HOST_IP)
-        reg.add_bgp_peer(CORE_IP, 65000, host="bench")
-        reg.register_endpoints([(EndpointId("bench", "k8s", f"w{i}", "eth0"),
-                                 {"name": f"cali{i}", "ipv4_nets": [x]})
-                                for i, x in enumerate(prefixes(n))])
-        core = Bird(p.switch, "core", p.dir).start(core_conf())
-        env = dict(os.environ, FELIX_HEALTH_PORT="0", FELIX_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+        configure(reg)
+        env = dict(os.environ, FELIX_HEALTH_PORT="0",
+                   FELIX_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
 
         def start():
             nonlocal agent
             agent = p.host.popen(agent_argv("bench", etcd.unix_endpoint, prefix),
                                  log_path=os.path.join(p.dir, "agent.log"), env=env)
-        return timed(start, lambda: route_count(core) >= n)
+        return timed(start, done)
     finally:
         if agent:
             p.host.stop(agent)
         client.delete_prefix(prefix + "/")
         client.close()
         p.close()
+
+
+def announce_agent(n: int, etcd: EmbeddedEtcd, run: int) -> float:
+    p = Pair()
+    core = Bird(p.switch, "core", p.dir)
+
+    def configure(reg):
+        reg.add_bgp_peer(CORE_IP, 65000, host="bench")
+        reg.register_endpoints([(EndpointId("bench", "k8s", f"w{i}", "eth0"),
+                                 {"name": f"cali{i}", "ipv4_nets": [x]})
+                                for i, x in enumerate(prefixes(n))])
+        core.start(core_conf())
+    return timed_agent(p, etcd, f"/bench-bgp-{os.getpid()}-{run}", configure,
+                       lambda: route_count(core) >= n)
 
 
 # -- 2. learn (route-reflector mode) -------------------------------------------------------
@@ -160,15 +171,16 @@ def reflector_conf(n: int) -> str:
                                                                     cluster_id="1.0.0.1")})
     conf = fabric.render_route_reflector(b, rr_ip=CORE_IP)
     statics = "\n".join(f"    route {x} via 10.77.0.9;" for x in prefixes(n))
+    # The reflector also exports its own static routes: they stand for the fabric's.
+    conf = conf.replace("export where source = RTS_BGP;",
+                        "export where source = RTS_BGP || source = RTS_STATIC;")
     return conf + f"\nprotocol static workloads {{\n    ipv4;\n{statics}\n}}\n"
 
 
 def learn_bird(n: int) -> float:
     p = Pair()
     try:
-        Bird(p.switch, "rr", p.dir).start(reflector_conf(n).replace(
-            "export where source = RTS_BGP;",
-            "export where source = RTS_BGP || source = RTS_STATIC;"))
+        Bird(p.switch, "rr", p.dir).start(reflector_conf(n))
         conf = (f"router id {HOST_IP};\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n"
                 f"protocol kernel {{ ipv4 {{ import none; export all; }}; }}\n"
                 f"protocol bgp reflector {{\n    local as 64512;\n"
@@ -183,32 +195,14 @@ def learn_bird(n: int) -> float:
 
 def learn_agent(n: int, etcd: EmbeddedEtcd, run: int) -> float:
     p = Pair()
-    prefix = f"/bench-bgprr-{os.getpid()}-{run}"
-    client = EtcdClient(etcd.endpoint)
-    agent = None
-    try:
-        reg = Registry(client, KeyLayout(prefix))
-        reg.mark_ready()
+
+    def configure(reg):
         reg.set_bgp_mode("route-reflector")
-        reg.set_host_bgp_address("bench", HOST_IP)
         reg.add_route_reflector(CORE_IP, "1.0.0.1")
         reg.set_rr_cluster_id("bench", "1.0.0.1")
-        Bird(p.switch, "rr", p.dir).start(reflector_conf(n).replace(
-            "export where source = RTS_BGP;",
-            "export where source = RTS_BGP || source = RTS_STATIC;"))
-        env = dict(os.environ, FELIX_HEALTH_PORT="0", FELIX_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
-
-        def start():
-            nonlocal agent
-            agent = p.host.popen(agent_argv("bench", etcd.unix_endpoint, prefix),
-                                 log_path=os.path.join(p.dir, "agent.log"), env=env)
-        return timed(start, lambda: kernel_count(p.host, "98") >= n)
-    finally:
-        if agent:
-            p.host.stop(agent)
-        client.delete_prefix(prefix + "/")
-        client.close()
-        p.close()
+        Bird(p.switch, "rr", p.dir).start(reflector_conf(n))
+    return timed_agent(p, etcd, f"/bench-bgprr-{os.getpid()}-{run}", configure,
+                       lambda: kernel_count(p.host, "98") >= n)
 
 
 def main(argv=None) -> int:

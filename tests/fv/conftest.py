@@ -78,12 +78,13 @@ def workload_factory(netns_factory):
 
 @pytest.fixture
 def agent_factory(etcd, prefix, tmp_path):
-    """make(ns, hostname, **env) -> a started AgentProcess; all are stopped after the test."""
+    """make(ns, hostname, cls=AgentProcess, **env) -> a started agent; all are stopped
+    after the test."""
     made = []
 
-    def make(ns, hostname, **env):
-        a = AgentProcess(ns, hostname, etcd.unix_endpoint, prefix, str(tmp_path / f"agent-{hostname}.log"),
-                         env).start()
+    def make(ns, hostname, cls=AgentProcess, **env):
+        a = cls(ns, hostname, etcd.unix_endpoint, prefix,
+                str(tmp_path / f"agent-{hostname}.log"), env).start()
         made.append(a)
         return a
 

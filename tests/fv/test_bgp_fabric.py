@@ -38,18 +38,8 @@ class BgpAgent(AgentProcess):
 
 
 @pytest.fixture
-def agents(etcd, prefix, tmp_path):
-    made = []
-
-    def make(ns, hostname, **env):
-        a = BgpAgent(ns, hostname, etcd.unix_endpoint, prefix,
-                     str(tmp_path / f"agent-{hostname}.log"), env).start()
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.stop()
+def agents(agent_factory):
+    return lambda ns, hostname, **env: agent_factory(ns, hostname, cls=BgpAgent, **env)
 
 
 @pytest.fixture
