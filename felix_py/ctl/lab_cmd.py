@@ -20,12 +20,12 @@ import click
 from felix_py.ctl.common import CtlError
 from felix_py.ctl.output import dump, emit, fmt, output_option, table
 from felix_py.ctl.status import agent_state
-from felix_py.datastore.client import EtcdClient
+from felix_py.datastore.client import DatastoreUnavailable, EtcdClient
 from felix_py.datastore.keys import KeyLayout
 from felix_py.lab import fabric, observe, ping as ping_mod
 from felix_py.lab.netns import existing, unique_name
 from felix_py.lab.plan import EXPORT, LIMITS, PlanError, Size, from_json, plan as make_plan
-from felix_py.lab.state import LabExists, LabState
+from felix_py.lab.state import LabDirTooLong, LabExists, LabState
 
 TOOLS = {"ip": "iproute2", "bird": "bird2", "birdc": "bird2", "ping": "iputils-ping",
          "iptables-legacy": "iptables", "ipset": "ipset"}
@@ -37,15 +37,17 @@ def _need_root() -> None:
 
 
 class Lab:
-    """The lab that is up: its record, plan and a client of its etcd."""
+    """The recorded lab: its record, plan and a client of its etcd."""
 
-    def __init__(self):
+    def __init__(self, require_up: bool = True):
         state = LabState.load()
         if state is None:
             raise CtlError("no lab is up; build one with `felixctl lab up`")
-        if state.phase != "up" or not state.plan:
-            raise CtlError(f"the lab {state.lab_id or '?'} was not completely built (a crash "
+        if not state.plan or (require_up and state.phase != "up"):
+            raise CtlError(f"the lab {state.lab_id or '?'} was not completely built (a crash, "
                            "or a build still running); remove it with `felixctl lab down`")
+        if state.phase != "up":
+            click.echo(f"Warning: the lab {state.lab_id} was not completely built.", err=True)
         self.state = state
         self.plan = from_json(state.plan)
         self.layout = KeyLayout(fabric.PREFIX)
@@ -57,7 +59,11 @@ class Lab:
         return client
 
     def view(self) -> observe.View:
-        return observe.read(self.client, self.layout, [h.name for h in self.plan.hosts])
+        try:
+            return observe.read(self.client, self.layout, [h.name for h in self.plan.hosts])
+        except DatastoreUnavailable:
+            raise CtlError(f"the lab's etcd ({self.state.etcd['unix']}) does not answer; "
+                           "`felixctl lab down`, then `felixctl lab up` again") from None
 
 
 @click.group()
@@ -91,7 +97,7 @@ def up(racks, hosts_per_rack, workloads_per_host, timeout, keep_on_failure):
         raise CtlError(str(e)) from None
     try:
         state = LabState.create(the_plan.lab_id)
-    except LabExists as e:
+    except (LabExists, LabDirTooLong) as e:
         raise CtlError(str(e)) from None
     click.echo(f"Building lab {the_plan.lab_id}: {racks} rack(s) x {hosts_per_rack} host(s) "
                f"x {workloads_per_host} workload(s), record in {state.path}")
@@ -105,7 +111,8 @@ def up(racks, hosts_per_rack, workloads_per_host, timeout, keep_on_failure):
                            f"{state.workdir}); `felixctl lab down` removes it") from None
         click.echo("Cleaning up ...", err=True)
         fabric.teardown(state)
-        raise CtlError(f"lab up failed and was cleaned up: {reason.splitlines()[0]}") from None
+        first = (reason.splitlines() or [type(e).__name__])[0]
+        raise CtlError(f"lab up failed and was cleaned up: {first}") from None
     click.echo(f"Lab {the_plan.lab_id} is up. Next: `felixctl lab status`, `felixctl lab ping`, "
                "`felixctl lab exec host1 -- ip route`, `felixctl lab down`.")
     if state.record:
@@ -118,7 +125,8 @@ def up(racks, hosts_per_rack, workloads_per_host, timeout, keep_on_failure):
 def status():
     """Routes per tier (held / expected), BGP sessions and agents; exit 1 if anything
     differs from what the datastore says."""
-    the_lab = Lab()
+    _need_root()
+    the_lab = Lab(require_up=False)
     nodes = observe.report(the_lab.plan, the_lab.view(), the_lab.state.workdir)
     data, rows = [], []
     for n in nodes:
@@ -146,7 +154,7 @@ def status():
     if fmt() == "table":
         click.echo(f"\n{len(nodes) - len(bad)} of {len(nodes)} nodes as expected"
                    + (f"; check {', '.join(bad)}" if bad else ""))
-    if bad:
+    if bad or the_lab.state.phase != "up":
         sys.exit(1)
 
 
@@ -155,6 +163,7 @@ def status():
 def ping():
     """Connectivity matrix of every workload pair (ICMP), expected against observed; exit 1
     if any pair differs."""
+    _need_root()
     the_lab = Lab()
     store = the_lab.view().any
     m = ping_mod.run(the_lab.plan, store)
@@ -194,7 +203,7 @@ def exec_(name, command):
     """Run COMMAND (default: a shell) in the namespace of NAME: mgmt, core, tor1, host1,
     h1w1, ...  Example: felixctl lab exec host1 -- ip route"""
     _need_root()
-    the_lab = Lab()
+    the_lab = Lab(require_up=False)
     if name not in the_lab.plan.nodes:
         raise CtlError(f"no node {name!r} in the lab; nodes: "
                        f"{', '.join(the_lab.plan.nodes)}")

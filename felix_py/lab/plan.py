@@ -1,0 +1,191 @@
+"""What the lab is made of: names, addresses, AS numbers and groups, computed from its size.
+
+Pure: ``plan(Size(...), lab_id)`` returns the whole fabric as plain data, and the builder
+(``felix_py.lab.fabric``), ``lab status`` and ``lab ping`` all read it from there, so they
+agree on every address by construction.
+
+Address plan (private ranges, only ever configured inside the lab's namespaces):
+
+- management network 172.31.0.0/16: etcd at 172.31.0.1, host i at 172.31.0.0 + 9 + i;
+- core <-> ToR r: the r-th /30 of 172.16.0.0/16 (core 172.16.0.1, ToR 172.16.0.2 for
+  rack 1);
+- ToR <-> host i: the i-th /30 of 172.20.0.0/16 (ToR 172.20.0.1, host 172.20.0.2 for host
+  1: the host's BGP address and router id);
+- workloads: the IP pool 10.65.0.0/16, handed out in blocks by felix-py's IPAM.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+
+POOL = "10.65.0.0/16"
+HOST_AS = 64512
+CORE_AS = 65000
+TOR_AS_BASE = 65100                 # ToR of rack r: AS 65100 + r
+MGMT_NET = ipaddress.ip_network("172.31.0.0/16")
+UPLINK_NET = ipaddress.ip_network("172.16.0.0/16")
+RACK_NET = ipaddress.ip_network("172.20.0.0/16")
+ETCD_PORT = 2379
+MGMT_BRIDGE = "br-mgmt"
+
+# The two security groups and their one export: web members may ping the db members
+# labelled role=primary; nothing of db reaches web.
+GROUPS = ("web", "db")
+EXPORT = {"group": "db", "to_group": "web", "selector": 'role == "primary"',
+          "protocol": "icmp"}
+
+LIMITS = {"racks": 50, "hosts_per_rack": 50, "workloads_per_host": 50}
+
+
+class PlanError(ValueError):
+    """A lab size that cannot be built."""
+
+
+@dataclass(frozen=True)
+class Size:
+    racks: int = 2
+    hosts_per_rack: int = 2
+    workloads_per_host: int = 3
+
+    def check(self) -> "Size":
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= limit:
+                flag = "--" + name.replace("_", "-")
+                raise PlanError(f"{flag} {value} is out of range 1-{limit}")
+        return self
+
+
+@dataclass(frozen=True)
+class Switch:
+    name: str                       # core, tor1, tor2, ...
+    as_num: int
+    router_id: str
+    rack: int | None = None         # None for the core
+
+
+@dataclass(frozen=True)
+class Link:
+    """A point-to-point veth: ``a_if`` in node a with ``a_addr``, ``b_if`` in node b."""
+    a: str
+    a_if: str
+    a_addr: str                     # address/prefix length
+    b: str
+    b_if: str
+    b_addr: str
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str                       # host1, host2, ... (its name in the datastore)
+    index: int                      # 1-based, over the whole lab
+    rack: int
+    tor: str
+    bgp_ip: str                     # on its ToR link: router id and BGP session address
+    tor_ip: str                     # the ToR's end of that link: its only BGP peer
+    tor_as: int
+    mgmt_ip: str                    # address/prefix length on the management bridge
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str                       # h1w1, h1w2, ...: the container id and workload name
+    host: str
+    group: str
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    lab_id: str
+    size: Size
+    core: Switch
+    tors: tuple[Switch, ...]
+    hosts: tuple[Host, ...]
+    workloads: tuple[Workload, ...]
+    uplinks: tuple[Link, ...]       # core <-> ToR
+    rack_links: tuple[Link, ...]    # ToR <-> host
+
+    @property
+    def etcd_ip(self) -> str:
+        return str(MGMT_NET[1])
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{self.etcd_ip}:{ETCD_PORT}"
+
+    @property
+    def nodes(self) -> list[str]:
+        """Every namespace's short name, in build order."""
+        return (["mgmt", self.core.name] + [t.name for t in self.tors]
+                + [h.name for h in self.hosts] + [w.name for w in self.workloads])
+
+    def netns(self, node: str) -> str:
+        """The namespace of a node: the lab id keeps two labs (a user's, a test's) apart."""
+        return f"{self.lab_id}-{node}"
+
+    def hosts_of(self, tor: str) -> list[Host]:
+        return [h for h in self.hosts if h.tor == tor]
+
+    def workloads_of(self, host: str) -> list[Workload]:
+        return [w for w in self.workloads if w.host == host]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _p2p(net: ipaddress.IPv4Network, index: int) -> tuple[str, str]:
+    """The two addresses (with /30) of the index-th (1-based) point-to-point link."""
+    link = ipaddress.ip_network((int(net.network_address) + 4 * (index - 1), 30))
+    if not link.subnet_of(net):
+        raise PlanError(f"the lab has more links than {net} holds")
+    return f"{link[1]}/30", f"{link[2]}/30"
+
+
+def _ip(cidr: str) -> str:
+    return cidr.split("/")[0]
+
+
+def plan(size: Size, lab_id: str) -> Plan:
+    size.check()
+    first_core, _ = _p2p(UPLINK_NET, 1)
+    core = Switch("core", CORE_AS, _ip(first_core))
+    tors, hosts, workloads, uplinks, rack_links = [], [], [], [], []
+    index = 0
+    for r in range(1, size.racks + 1):
+        core_addr, tor_addr = _p2p(UPLINK_NET, r)
+        tor = Switch(f"tor{r}", TOR_AS_BASE + r, _ip(tor_addr), rack=r)
+        tors.append(tor)
+        uplinks.append(Link(core.name, tor.name, core_addr, tor.name, "core", tor_addr))
+        for _ in range(size.hosts_per_rack):
+            index += 1
+            name = f"host{index}"
+            tor_side, host_side = _p2p(RACK_NET, index)
+            rack_links.append(Link(tor.name, name, tor_side, name, tor.name, host_side))
+            hosts.append(Host(name, index, r, tor.name, _ip(host_side), _ip(tor_side),
+                              tor.as_num, f"{MGMT_NET[9 + index]}/{MGMT_NET.prefixlen}"))
+            for k in range(1, size.workloads_per_host + 1):
+                workloads.append(_workload(index, k, first_in_rack=(index - 1)
+                                           % size.hosts_per_rack == 0))
+    return Plan(lab_id, size, core, tuple(tors), tuple(hosts), tuple(workloads),
+                tuple(uplinks), tuple(rack_links))
+
+
+def _workload(host_index: int, k: int, first_in_rack: bool) -> Workload:
+    """Odd-numbered workloads of a host are web, even ones db; the db workloads on the
+    first host of each rack are the primaries that web may reach."""
+    name = f"h{host_index}w{k}"
+    if k % 2:
+        return Workload(name, f"host{host_index}", "web", {"app": "web"})
+    return Workload(name, f"host{host_index}", "db",
+                    {"app": "db", "role": "primary" if first_in_rack else "replica"})
+
+
+def from_json(data: dict) -> Plan:
+    """The plan back from the state file."""
+    return Plan(data["lab_id"], Size(**data["size"]), Switch(**data["core"]),
+                tuple(Switch(**t) for t in data["tors"]), tuple(Host(**h) for h in data["hosts"]),
+                tuple(Workload(**w) for w in data["workloads"]),
+                tuple(Link(**x) for x in data["uplinks"]),
+                tuple(Link(**x) for x in data["rack_links"]))
