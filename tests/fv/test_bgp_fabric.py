@@ -168,8 +168,8 @@ def test_downward_default_fabric(netns_factory, workload_factory, registry, clie
     def status(host, ip):
         raw = client.get(layout.build(Kind.BGP_PEER_STATUS, host=host, ip=ip))
         return model.BgpPeerStatus.model_validate_json(raw) if raw else None
-    st = wait_for(lambda: (s := status("h2", "10.2.0.1")) and s.state == "established" and s,
-                  10, what="h2's status for tor2")
+    st = wait_for(lambda: (s := status("h2", "10.2.0.1")) and s.state == "established"
+                  and s.sent == 1 and s, 10, what="h2's status for tor2, converged")
     assert st.peer_type == "tor" and st.accepted == 1 and st.sent == 1 and st.since
 
     # ExaBGP killed: it comes back, and the fabric never loses the host's routes.
