@@ -231,6 +231,12 @@ class ExaBgpDriver:
                 log.warning("ExaBGP: %s; restarting it", e)
                 self._stop_process(str(e))
                 restart_at = self._schedule_restart()
+            except Exception as e:
+                # Whatever went wrong, the driver thread must live on to restart ExaBGP.
+                self.last_error = f"ExaBGP driver: {e!r}"
+                log.exception("ExaBGP driver failed; restarting ExaBGP")
+                self._stop_process(self.last_error)
+                restart_at = self._schedule_restart()
 
     def _schedule_restart(self) -> float:
         delay = self._backoff
@@ -249,11 +255,18 @@ class ExaBgpDriver:
             f.write(config)
         if not os.path.exists(self.env_path):
             open(self.env_path, "w").close()
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket_path)
-        listener.listen(1)
+        try:
+            if os.path.exists(self.socket_path):
+                os.unlink(self.socket_path)
+            listener.bind(self.socket_path)
+            listener.listen(1)
+        except OSError as e:
+            # e.g. a run directory so deep that the socket path exceeds 107 bytes
+            listener.close()
+            self.last_error = f"cannot listen on {self.socket_path} for ExaBGP: {e}"
+            log.error("%s", self.last_error)
+            return False
         listener.settimeout(0.1)
         env = dict(os.environ)
         env.update(environment(self.env_path, self.log_level, self._listen))

@@ -299,7 +299,9 @@ class BgpManager:
             out[ip] = model.BgpPeerStatus(
                 peer_type=p.peer_type, state=p.state, since=_iso(p.since),
                 received=received, accepted=accepted,
-                sent=sent if p.state == ESTABLISHED else 0, info=p.info)
+                sent=sent if p.state == ESTABLISHED else 0,
+                # A peer that is not up because ExaBGP itself cannot run says why.
+                info=p.info or (self.driver.last_error if p.state != ESTABLISHED else None))
         return out
 
     def status(self) -> dict:
