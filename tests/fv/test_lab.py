@@ -113,6 +113,8 @@ def test_lab_default_size(lab):
     core = nodes["core"]
     assert set(core["routes"]) == set(nodes["tor1"]["routes"]) | set(nodes["tor2"]["routes"])
     assert len(core["routes"]) == 4 and not core["problems"]
+    # Block aggregation: 12 workloads, one IPAM /26 per host, so 4 routes and no /32.
+    assert all(p.endswith("/26") for p in core["routes"]), core["routes"]
     core_kernel = Netns(core["netns"]).run("ip -4 route show").stdout
     assert all(p in core_kernel for p in core["routes"]), core_kernel
     assert "7 of 7 nodes as expected" in lab("lab", "status").stdout
