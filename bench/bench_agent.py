@@ -141,11 +141,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def agent_pid(agent: AgentProcess) -> int:
-    """The python process behind `ip netns exec` (which execs, so the pid is the same)."""
-    return agent.proc.pid
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoints", type=int, default=1000)
@@ -197,7 +192,7 @@ def main() -> None:
                                               server.unix_endpoint, "--prefix", args.prefix,
                                               "--adds", str(args.adds), "--first",
                                               str(args.endpoints)], timeout=900).stdout.split()]
-        rss_1k = rss_kib(agent_pid(agent))
+        rss_1k = rss_kib(agent.proc.pid)   # `ip netns exec` execs: the same pid
         print("memory with 5,000 endpoints ...", flush=True)
         more = 5000 - args.endpoints - args.adds
         for base in range(0, more, 1000):
@@ -205,7 +200,7 @@ def main() -> None:
                                      endpoint(50_000 + i, 1))
                                     for i in range(base, min(base + 1000, more))])
         time.sleep(3)
-        rss_5k = rss_kib(agent_pid(agent))
+        rss_5k = rss_kib(agent.proc.pid)
         client.close()
     finally:
         if agent:

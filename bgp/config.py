@@ -67,10 +67,6 @@ class BgpPlan:
                 return p
         return None
 
-    def session_key(self) -> tuple:
-        """What ExaBGP's configuration depends on; a change here means a new config."""
-        return (self.enabled, self.local_as, self.router_id, self.peers)
-
 
 def resolve(bgp: BgpSettings, hostname: str) -> BgpPlan:
     problems: list[str] = []

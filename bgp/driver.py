@@ -124,7 +124,6 @@ class ExaBgpDriver:
         self._acked = threading.Condition(self._lock)
         self._config: str | None = None
         self._listen: tuple[str, ...] = ()
-        self._config_version = 0
         self._tasks: queue.Queue = queue.Queue()
         self._session: _Session | None = None
         self._generation = 0
@@ -141,7 +140,6 @@ class ExaBgpDriver:
                 return
             self._config = config_text
             self._listen = tuple(listen)
-            self._config_version += 1
             self.peer_families = dict(peer_families)
         self._ensure_thread()
         self._tasks.put(("configure",))

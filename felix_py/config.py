@@ -22,15 +22,6 @@ import yaml
 log = logging.getLogger(__name__)
 
 
-def _bool(v: str) -> bool:
-    s = str(v).strip().lower()
-    if s in ("true", "yes", "1", "on"):
-        return True
-    if s in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"{v!r} is not a boolean (true/false)")
-
-
 def _int_range(lo: int, hi: int) -> Callable[[str], int]:
     def parse(v: str) -> int:
         n = int(str(v).strip())
@@ -162,11 +153,6 @@ class Config:
     def __eq__(self, other):
         return isinstance(other, Config) and self._values == other._values
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
-
-    def changed_local_only(self, other: "Config") -> list[str]:
-        return [s.name for s in SETTINGS if s.local_only and self[s.name] != other[s.name]]
 
 
 def read_file(path: str | None) -> dict[str, str]:

@@ -42,7 +42,6 @@ class StatusReporter:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.healthy = False
-        self.writes = 0
 
     def start(self) -> "StatusReporter":
         self._thread = threading.Thread(target=self._run, name="felix-status", daemon=True)
@@ -116,4 +115,3 @@ class StatusReporter:
             if self._written.get(key) != value:
                 self.client.put(key, value, lease=self._lease)
                 self._written[key] = value
-                self.writes += 1

@@ -148,28 +148,18 @@ class Oracle:
         for side in ("src", "dst"):
             ip = getattr(p, side)
             addr = ipaddress.ip_address(ip)
-            checks = [
-                (getattr(r, f"{side}_net"), lambda n: addr in ipaddress.ip_network(n)),
-                (getattr(r, f"{side}_tag"), lambda t: t in self._tags(ip)),
-                (getattr(r, f"{side}_selector"),
-                 lambda s: self._labels(ip) is not None
-                 and parse_selector(s).evaluate(self._labels(ip))),
-                (getattr(r, f"{side}_ports"), lambda ps: _in_ports(getattr(p, f"{side}_port"), ps)),
-            ]
-            for value, test in checks:
+            tests = {
+                "net": lambda n: addr in ipaddress.ip_network(n),
+                "tag": lambda t: t in self._tags(ip),
+                "selector": lambda s: self._labels(ip) is not None
+                and parse_selector(s).evaluate(self._labels(ip)),
+                "ports": lambda ps: _in_ports(getattr(p, f"{side}_port"), ps),
+            }
+            for key, test in tests.items():
+                value, negated = getattr(r, f"{side}_{key}"), getattr(r, f"not_{side}_{key}")
                 if value is not None and not test(value):
                     return False
-            negated = [
-                (getattr(r, f"not_{side}_net"), lambda n: addr in ipaddress.ip_network(n)),
-                (getattr(r, f"not_{side}_tag"), lambda t: t in self._tags(ip)),
-                (getattr(r, f"not_{side}_selector"),
-                 lambda s: self._labels(ip) is not None
-                 and parse_selector(s).evaluate(self._labels(ip))),
-                (getattr(r, f"not_{side}_ports"),
-                 lambda ps: _in_ports(getattr(p, f"{side}_port"), ps)),
-            ]
-            for value, test in negated:
-                if value is not None and test(value):
+                if negated is not None and test(negated):
                     return False
         if r.icmp_type is not None and (p.icmp_type != r.icmp_type or (
                 r.icmp_code is not None and p.icmp_code != r.icmp_code)):

@@ -62,7 +62,6 @@ class Store:
         self.host_config: dict[str, str] = {}
         self.bgp = BgpSettings()
         self.blocks: dict[str, model.Block] = {}
-        self.ipam_config: model.IpamConfig = model.IpamConfig()
         self.errors: dict[str, Exception] = {}           # key -> why its value was skipped
         self.endpoint_errors: dict[EndpointId, Exception] = {}
         self.profile_errors: dict[str, Exception] = {}   # profile id -> first error
@@ -134,10 +133,6 @@ class Store:
         _put(self.blocks, pk.parts["cidr"], rec)
         self.changes.ipam = True
 
-    def _ipam_config(self, pk: ParsedKey, rec, err) -> None:
-        self.ipam_config = rec or model.IpamConfig()
-        self.changes.ipam = True
-
     def _ready(self, pk: ParsedKey, rec, err) -> None:
         self.ready = bool(rec)
         self.changes.config = True
@@ -183,7 +178,6 @@ _HANDLERS = {
     Kind.CONFIG: Store._config,
     Kind.POOL: Store._pool,
     Kind.IPAM_BLOCK: Store._block,
-    Kind.IPAM_CONFIG: Store._ipam_config,
     Kind.READY: Store._ready,
     Kind.BGP_AS_NUM: Store._bgp,
     Kind.BGP_MODE: Store._bgp,

@@ -31,7 +31,6 @@ class LinkInfo:
 class LinkUpdate:
     name: str
     info: LinkInfo | None        # None: the link is gone
-    initial: bool = False        # part of the first dump
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +83,7 @@ class LinkMonitor:
         sock = self._sock
         try:
             for index, name, up, mac in sock.dump_links():
-                self.post(LinkUpdate(name, LinkInfo(index, name, up, mac), initial=True))
+                self.post(LinkUpdate(name, LinkInfo(index, name, up, mac)))
             self.post(LinksSynced())
             while not self._stop.is_set():
                 ready, _, _ = select.select([sock.fileno()], [], [], 0.5)

@@ -9,7 +9,6 @@ that startup reconciliation sees exactly the routes carrying our protocol number
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
@@ -22,7 +21,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_DUMP, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x300, 0x100, 0x200, 0x400
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
 NDA_DST, NDA_LLADDR = 1, 2
@@ -284,6 +283,3 @@ def parse_link(payload: bytes) -> tuple[int, str, bool, str | None] | None:
     mac = attrs[IFLA_ADDRESS].hex(":") if len(attrs.get(IFLA_ADDRESS, b"")) == 6 else None
     return index, name, bool(flags & IFF_UP), mac
 
-
-def errno_name(code: int) -> str:
-    return errno.errorcode.get(code, str(code))

@@ -23,14 +23,6 @@ class NotFound(LookupError):
     pass
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, model.Record):
-        return value.to_json()
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
-    return str(value)
-
-
 class Registry:
     def __init__(self, client: EtcdClient, layout: KeyLayout | None = None):
         self.client = client
@@ -39,7 +31,7 @@ class Registry:
     # -- helpers -------------------------------------------------------------------------
     def validated(self, key: str, value: Any) -> tuple[str, Any]:
         """(text to store, decoded record); raises ModelError without writing anything."""
-        text = _text(value)
+        text = model.encode(value)
         return text, model.decode(self.layout.parse(key), text.encode())
 
     def _read(self, key: str):

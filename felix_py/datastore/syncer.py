@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pyetcd import exceptions as etcd_exc
@@ -95,7 +95,6 @@ class SyncerStats:
     errors: int = 0
     last_revision: int = 0
     in_sync: bool = False
-    history: list = field(default_factory=list)
 
 
 class Syncer:

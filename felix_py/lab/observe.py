@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from bgp.lab import Bird
 from felix_py import config as config_mod
 from felix_py import model
-from felix_py.calc.routes import exported_prefixes, owned_blocks
+from felix_py.calc.routes import exported_prefixes
 from felix_py.calc.store import Store
 from felix_py.datastore.keys import Kind, KeyLayout
 from felix_py.datastore.syncer import decode_kv
@@ -69,24 +69,22 @@ def read(client, layout: KeyLayout, hosts) -> View:
 @dataclass
 class Expected:
     host_workloads: dict[str, set[str]]     # host -> its local workloads' /32 routes
-    host_blackholes: dict[str, set[str]]    # host -> its IPAM blocks
     announced: dict[str, set[str]]          # host -> what it announces
     switch: dict[str, set[str]]             # core / ToR -> workload prefixes it should hold
 
 
 def expected(plan: Plan, view: View) -> Expected:
-    host_wl, host_bh, announced = {}, {}, {}
+    host_wl, announced = {}, {}
     for h in plan.hosts:
         store = view.stores[h.name]
         host_wl[h.name] = {f"{ipaddress.ip_interface(n).ip}/32"
                            for ep in store.local_endpoints.values() if ep.state == "active"
                            for n in ep.ipv4_nets}
-        host_bh[h.name] = set(owned_blocks(store))
         announced[h.name] = {p for p in exported_prefixes(store) if ":" not in p}
     switch = {t.name: set().union(*(announced[h.name] for h in plan.hosts_of(t.name)))
               for t in plan.tors}
     switch[plan.core.name] = set().union(*announced.values())
-    return Expected(host_wl, host_bh, announced, switch)
+    return Expected(host_wl, announced, switch)
 
 
 def host_config(view: View, host: str) -> config_mod.Config:

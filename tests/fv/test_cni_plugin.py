@@ -36,7 +36,7 @@ class Runtime:
             env["CNI_IFNAME"] = ifname
         if args:
             env["CNI_ARGS"] = args
-        r = subprocess.run(["ip", "netns", "exec", self.host_ns.name, PLUGIN],
+        r = subprocess.run(self.host_ns.exec_argv([PLUGIN]),
                            input=json.dumps({**self.conf, **conf}), capture_output=True,
                            text=True, env=env, timeout=60)
         out = json.loads(r.stdout) if r.stdout.strip() else None
