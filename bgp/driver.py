@@ -15,7 +15,10 @@ announce; the driver's control thread sends ExaBGP the difference with what the 
 process has acknowledged (``announce``/``withdraw`` commands, batched, each answered
 ``done`` or ``error``).  A new process starts from nothing, so after a restart everything is
 announced again, then End-of-RIB goes to each peer as it comes up (graceful restart:
-the peer keeps the host's routes until then).  Events from ExaBGP (session states, received
+the peer keeps the host's routes until then).  ExaBGP may be configured before the caller
+knows what to announce (so that it starts meanwhile): until the first ``set_routes()`` the
+driver sends nothing, End-of-RIB included.  ExaBGP runs through ``bgp.launcher`` unless
+an executable is given.  Events from ExaBGP (session states, received
 routes, notifications) are parsed by ``bgp.api`` and handed to ``on_event`` from the
 driver's reader thread, together with the driver's own ``ProcessUp``/``ProcessDown``.
 
@@ -42,6 +45,7 @@ from typing import Callable, Sequence
 
 from bgp import api
 from bgp.exabgp_config import environment
+from bgp.launcher import WARNING_TAG
 
 log = logging.getLogger(__name__)
 exabgp_log = logging.getLogger("bgp.exabgp")
@@ -72,9 +76,9 @@ class DriverError(RuntimeError):
     pass
 
 
-def default_exabgp() -> str:
-    """The exabgp script installed beside this Python."""
-    return os.path.join(os.path.dirname(sys.executable), "exabgp")
+def launcher_argv() -> list[str]:
+    """ExaBGP installed beside this Python, run through ``bgp.launcher``."""
+    return [sys.executable, "-m", "bgp.launcher"]
 
 
 class _Session:
@@ -101,7 +105,8 @@ class ExaBgpDriver:
                  log_level: str = "WARNING"):
         self.run_dir = run_dir
         self.on_event = on_event
-        self.exabgp = exabgp or default_exabgp()
+        # A configured executable runs as it is; by default ExaBGP runs through our launcher.
+        self.command = [exabgp] if exabgp else launcher_argv()
         self.wrap = list(wrap)                 # e.g. ["ip", "netns", "exec", NS] in tests
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
@@ -118,7 +123,7 @@ class ExaBgpDriver:
         self.peer_families: dict[str, int] = {}   # peer ip -> 4|6, as configured
 
         self._lock = threading.Lock()
-        self._desired: frozenset[str] = frozenset()
+        self._desired: frozenset[str] | None = None   # None: not known yet, send nothing
         self._desired_version = 0
         self._acked_version = 0
         self._acked = threading.Condition(self._lock)
@@ -149,7 +154,7 @@ class ExaBgpDriver:
         acknowledged them (raise DriverError after ``wait`` seconds); returns at once if no
         process is running (a new one announces everything when it starts)."""
         with self._lock:
-            if frozenset(prefixes) != self._desired:
+            if self._desired is None or frozenset(prefixes) != self._desired:
                 self._desired = frozenset(prefixes)
                 self._desired_version += 1
                 self._tasks.put(("sync",))
@@ -189,6 +194,7 @@ class ExaBgpDriver:
             self._thread = None
         with self._lock:
             self._config = None       # a later configure() starts afresh
+            self._desired = None
             self.state = State.CLOSED
 
     # -- control thread ------------------------------------------------------------------
@@ -220,9 +226,7 @@ class ExaBgpDriver:
                     if s is not None and s.generation == task[1]:
                         self._stop_process(task[2])
                         restart_at = self._schedule_restart()
-                elif kind == "sync":
-                    self._sync()
-                elif kind == "peer_up":
+                elif kind in ("sync", "peer_up"):
                     self._sync()
                     self._send_eors()
             except DriverError as e:
@@ -271,13 +275,13 @@ class ExaBgpDriver:
         self._generation += 1
         self.state = State.STARTING
         try:
-            proc = subprocess.Popen(self.wrap + [self.exabgp, self.config_path], env=env,
+            proc = subprocess.Popen(self.wrap + self.command + [self.config_path], env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                     cwd=self.run_dir)
         except OSError as e:
             listener.close()
-            self.last_error = f"cannot start {self.exabgp}: {e.strerror}"
+            self.last_error = f"cannot start {self.command[0]}: {e.strerror}"
             log.error("%s", self.last_error)
             return False
         s = _Session(self._generation, proc)
@@ -348,6 +352,8 @@ class ExaBgpDriver:
         with self._lock:
             desired, version = self._desired, self._desired_version
             families = dict(self.peer_families)
+        if desired is None:
+            return
         by_family: dict[int, list[str]] = {}
         for peer, v in sorted(families.items()):
             by_family.setdefault(v, []).append(peer)
@@ -378,8 +384,10 @@ class ExaBgpDriver:
             self._acked.notify_all()
 
     def _send_eors(self) -> None:
+        """End-of-RIB to the peers that came up, once the announcements are known (until
+        then a restarted host's peers keep its routes from before)."""
         s = self._session
-        if s is None or not s.eor_pending:
+        if s is None or not s.eor_pending or self._desired is None:
             return
         peers = sorted(s.eor_pending)
         s.eor_pending.clear()
@@ -454,7 +462,8 @@ class ExaBgpDriver:
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
                 s.stderr_tail.append(line)
-                exabgp_log.info("%s", line)
+                level = logging.WARNING if line.startswith(WARNING_TAG) else logging.INFO
+                exabgp_log.log(level, "%s", line)
         s.dead.set()
 
     def _emit(self, event: object) -> None:

@@ -1,11 +1,21 @@
 """The BGP manager: this host's announcements out through ExaBGP, learned routes in.
 
 On every batch it resolves the host's BGP plan (``bgp.config``) and the prefixes the host
-announces (``felix_py.calc.routes.exported_prefixes``); ``apply()`` renders ExaBGP's
-configuration (restarting ExaBGP only when it changed) and hands the driver the prefixes,
-which it sends as a diff and waits for ExaBGP to acknowledge.  ExaBGP's events come back
-through the agent's queue (``BgpEvent`` messages to ``on_message``) into the per-peer
-table (``bgp.rib``), whose accepted routes go to the route manager as the "bgp" source.
+announces (``felix_py.calc.routes.exported_prefixes``).  It works in two steps, which the
+agent applies at the two ends of its managers (``BgpManager`` first, its ``announcer`` last):
+
+- ``BgpManager.apply()`` renders ExaBGP's configuration (starting ExaBGP, or restarting it
+  only when the configuration changed) and hands the route manager the routes learned since
+  the last batch, once per batch.  Coming first, ExaBGP starts and its sessions come up
+  while the agent programs interfaces, policy and routes.
+- ``BgpAnnouncer.apply()`` hands the driver the prefixes to announce, which it sends as a
+  diff and waits for ExaBGP to acknowledge.  Coming last, a workload is announced only once
+  its policy and its route are in place; until the first announcement the driver sends
+  peers nothing, not even End-of-RIB.
+
+ExaBGP's events come back through the agent's queue (``BgpEvent`` messages to
+``on_message``) into the per-peer table (``bgp.rib``), whose accepted routes go to the
+route manager as the "bgp" source.
 
 Graceful restart, on both sides: ExaBGP announces it, and sends End-of-RIB only once the
 agent has re-announced everything; routes learned before ExaBGP (or the agent) restarted
@@ -110,7 +120,10 @@ class BgpManager:
         self._applied_plan: BgpPlan | None = None
         self._timer: threading.Timer | None = None
         self._first_apply = True
-        self._dirty = True
+        self._dirty = True              # the plan changed: (re)configure ExaBGP
+        self._learned_dirty = True      # the routes for the kernel may have changed
+        self._announce_dirty = True     # the prefixes to announce changed
+        self.announcer = BgpAnnouncer(self)
 
     # -- datastore -----------------------------------------------------------------------
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
@@ -124,7 +137,8 @@ class BgpManager:
             exported = frozenset(exported_prefixes(store))
             if exported != self.exported:
                 self.exported = exported
-                self._dirty = True
+                self._dirty = True          # the import filter leaves out our own prefixes
+                self._announce_dirty = True
 
     def _peer_key_errors(self, store: Store) -> dict[str, str]:
         """Invalid peer keys that concern this host: reported as peers in state error."""
@@ -146,7 +160,9 @@ class BgpManager:
             self._event(msg.event)
         else:
             return
-        self._push_routes()
+        # Pushed once per batch, in apply(): thousands of routes arrive in a few messages
+        # and the kernel routes are recomputed from all of them.
+        self._learned_dirty = True
 
     def _event(self, ev: object) -> None:
         now = self.clock()
@@ -187,12 +203,23 @@ class BgpManager:
 
     # -- apply ---------------------------------------------------------------------------
     def apply(self) -> None:
+        """Configure ExaBGP and hand the route manager what was learned (first of the
+        managers); announcements are the announcer's, last."""
         if self._first_apply:
             self._first_apply = False
             self._inherit()
-        if not self._dirty:
-            return
+        try:
+            if self._dirty:
+                self._configure()
+        finally:
+            # Even when ExaBGP cannot be configured: routes kept from before a restart
+            # must reach the route manager before its first apply.
+            if self._learned_dirty:
+                self._push_routes()
+
+    def _configure(self) -> None:
         plan = self.plan
+        self._learned_dirty = True
         if not plan.enabled:
             if self._applied_plan is not None and self._applied_plan.enabled:
                 log.info("BGP disabled on this host: %s", "; ".join(plan.problems))
@@ -200,7 +227,6 @@ class BgpManager:
             self.rib.set_peers({}, {}, self.clock())
             self._applied_plan = plan
             self._dirty = False
-            self._push_routes()
             return
         cfg = self.ctx.config
         options = Options(helper=self.driver.helper_argv, hold_time=cfg.bgp_hold_time_secs,
@@ -223,15 +249,22 @@ class BgpManager:
         self.driver.configure(text, {ip: p.version for ip, p in running.items()},
                               listen_addresses(plan))
         self._applied_plan = plan
-        self._push_routes()
+        self._dirty = False
+        self._announce_dirty = True     # a driver closed meanwhile knows no announcements
+
+    def announce(self) -> None:
+        """Hand the driver what this host announces and wait for ExaBGP to take it."""
+        if not (self._announce_dirty and self.plan.enabled):
+            return
         try:
             self.driver.set_routes(set(self.exported), wait=ACK_WAIT)
         except DriverError as e:
             raise DataplaneError(str(e)) from None
-        self._dirty = False
+        self._announce_dirty = False
 
     # -- routes to the kernel ------------------------------------------------------------
     def _push_routes(self) -> None:
+        self._learned_dirty = False
         learned = self.rib.kernel_routes()
         routes = {dst: r for dst, r in self.inherited.items()}
         for dst, hops in learned.items():
@@ -260,7 +293,6 @@ class BgpManager:
             log.info("keeping %d BGP route(s) from before the restart until the peers "
                      "re-send theirs", len(self.inherited))
             self._arm_timer()
-            self._push_routes()
 
     def _maybe_drop_inherited(self) -> None:
         if not self.inherited:
@@ -323,3 +355,24 @@ class BgpManager:
         self.driver.close()
         if self._own_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class BgpAnnouncer:
+    """The BGP manager's last step: its announcements, applied after every other manager
+    (see the module's docstring)."""
+    name = "bgp-announce"
+
+    def __init__(self, bgp: BgpManager):
+        self.bgp = bgp
+
+    def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
+        """The BGP manager, earlier in the list, has seen the changes."""
+
+    def apply(self) -> None:
+        self.bgp.announce()
+
+    def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
+        return {}
+
+    def close(self) -> None:
+        """The BGP manager closes ExaBGP."""

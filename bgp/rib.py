@@ -15,7 +15,11 @@ import filter decides which of them reach the kernel:
 - ``default-only`` (downward default): only ``0.0.0.0/0`` and ``::/0``; the rest is counted
   as ignored;
 - ``all-but-own`` (route reflector, node mesh): everything except the prefixes this host
-  announces itself and routes whose next hop is one of this host's addresses.
+  announces itself and routes whose next hop is one of this host's addresses.  A learned
+  route to a network the host sits on needs no rule here: the route manager creates routes
+  with NLM_F_EXCL, so it never replaces the host's connected route (it reports the
+  conflict instead), and a shorter prefix that merely covers the host loses to the connected
+  route by longest match.
 
 A prefix accepted from several established peers becomes one ECMP route over their next
 hops; a peer going down takes its next hops away at once.
@@ -50,19 +54,7 @@ def accepts(policy: str, prefix: str, nexthop: str, own_prefixes: frozenset[str]
     """The import filter."""
     if policy == DEFAULT_ONLY:
         return prefix in DEFAULTS
-    if prefix in own_prefixes or nexthop in own_addresses:
-        return False
-    # A route to a network this host sits on (a reflector exporting its connected
-    # routes) would replace the host's own connected route and cut it off.
-    return prefix in DEFAULTS or not _covers_any(prefix, own_addresses)
-
-
-def _covers_any(prefix: str, addresses: frozenset[str]) -> bool:
-    if not addresses:
-        return False
-    net = ipaddress.ip_network(prefix)
-    return any(a.version == net.version and a in net
-               for a in map(ipaddress.ip_address, addresses))
+    return prefix not in own_prefixes and nexthop not in own_addresses
 
 
 class Rib:

@@ -56,11 +56,13 @@ class Context:
 
 
 def build_managers(ctx: Context) -> list:
-    """Every dataplane manager, in apply order: interfaces first; policy before routes, so
-    a workload's chains are enforced before its route makes it reachable; routes last
-    (BGP hands the route manager learned routes during its own apply, and keeps those found
-    at start until its peers resend them)."""
-    return [InterfaceManager(), PolicyManager.from_ctx(ctx), BgpManager(ctx), ctx.routes]
+    """Every dataplane manager, in apply order.  BGP first: ExaBGP starts (or is
+    reconfigured) while the rest is programmed, and the route manager gets the learned routes
+    (and those found at start, kept until the peers resend them).  Interfaces; policy before
+    routes, so that a workload's chains are enforced before its route makes it reachable;
+    BGP's announcements last, once the routes they advertise are in place."""
+    bgp = BgpManager(ctx)
+    return [bgp, InterfaceManager(), PolicyManager.from_ctx(ctx), ctx.routes, bgp.announcer]
 
 
 class Agent:
@@ -87,6 +89,8 @@ class Agent:
         self._retry_at: float | None = None
         self._backoff = 0.5
         self._status_dirty = True
+        # eid -> ((state, reason), (status key, JSON text)): a status is encoded once.
+        self._status_texts: dict = {}
         self._http = None
 
     def post(self, msg: object) -> None:
@@ -178,7 +182,7 @@ class Agent:
 
     def _build(self) -> None:
         self._reload_config(first=True)
-        routes = RouteManager(self.config.route_protocol)
+        routes = RouteManager(self.config.route_protocol, post=self.post)
         self.ctx = Context(self.config, self.hostname, self.post, routes, self.client,
                            self.layout)
         self.managers = build_managers(self.ctx)
@@ -222,6 +226,7 @@ class Agent:
         elapsed = time.monotonic() - t0
         self.metrics.apply_seconds.observe(elapsed)
         self.metrics.routes.set(len(self.ctx.routes.actual))
+        self.metrics.route_conflicts.set(len(self.ctx.routes.conflicts))
         if ok:
             if not self.health.applied:
                 log.info("first apply done in %.3fs; ready", elapsed)
@@ -240,6 +245,7 @@ class Agent:
                     problems[eid] = (state, reason)
         statuses: dict[str, str] = {}
         counts = {"up": 0, "down": 0, "error": 0}
+        texts, self._status_texts = self._status_texts, {}
         for eid in set(self.store.local_endpoints) | set(self.store.endpoint_errors):
             err = self.store.endpoint_errors.get(eid)
             if err is not None:
@@ -247,10 +253,13 @@ class Agent:
             else:
                 state, reason = problems.get(eid, ("up", None))
             counts[state] += 1
-            body = {"status": state}
-            if reason:
-                body["reason"] = reason
-            statuses[self.layout.endpoint_status(eid)] = json.dumps(body)
+            cached = texts.get(eid)
+            if cached is None or cached[0] != (state, reason):
+                body = {"status": state, "reason": reason} if reason else {"status": state}
+                cached = ((state, reason), (self.layout.endpoint_status(eid), json.dumps(body)))
+            self._status_texts[eid] = cached
+            key, text = cached[1]
+            statuses[key] = text
         for m in self.managers:
             peer_status = getattr(m, "peer_status", None)
             if peer_status:

@@ -24,6 +24,10 @@ class Metrics:
         self.endpoints = Gauge("felix_local_endpoints", "Local workload endpoints by status",
                                ["status"], registry=r)
         self.routes = Gauge("felix_routes", "Kernel routes the agent owns", registry=r)
+        self.route_conflicts = Gauge(
+            "felix_route_conflicts",
+            "Workload routes not installed because a route felix-py does not own holds the "
+            "prefix", registry=r)
         self.apply_seconds = Histogram("felix_apply_seconds", "Duration of one dataplane apply",
                                        buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10),
                                        registry=r)

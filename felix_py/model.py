@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, model_validator)
+from pydantic_core import SchemaValidator, core_schema
 
 from felix_py.datastore.keys import Kind, ParsedKey
 from policy.selector import SelectorError, parse_selector
@@ -37,16 +38,29 @@ class ModelError(ValueError):
 
 # -- field types -------------------------------------------------------------------------
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,253}$")
-_IFACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
-_LABEL_KEY_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]{0,252}/)?[A-Za-z0-9_.\-]{1,63}$")
-_LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.\-]{0,63}$")
+# Pattern bodies, shared by the Python checks below (re.fullmatch) and the endpoint fast
+# path (pydantic-core's Rust regex, anchored).  Digits are spelled [0-9]: Python's \d also
+# matches other scripts' digits.
+NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,253}"
+IFACE_PATTERN = r"[A-Za-z0-9_.\-]{1,15}"
+MAC_PATTERN = r"[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}"
+MAC_CANONICAL_PATTERN = r"[0-9a-f]{2}(:[0-9a-f]{2}){5}"
+LABEL_KEY_PATTERN = r"([A-Za-z0-9][A-Za-z0-9_.\-]{0,252}/)?[A-Za-z0-9_.\-]{1,63}"
+LABEL_VALUE_PATTERN = r"[A-Za-z0-9_.\-]{0,63}"
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+V4_PATTERN = rf"{_OCTET}(\.{_OCTET}){{3}}"     # dotted quad as ipaddress prints it
+
+_NAME_RE = re.compile(NAME_PATTERN)
+_IFACE_RE = re.compile(IFACE_PATTERN)
+_MAC_RE = re.compile(MAC_PATTERN)
+_LABEL_KEY_RE = re.compile(LABEL_KEY_PATTERN)
+_LABEL_VALUE_RE = re.compile(LABEL_VALUE_PATTERN)
+_V4_HOST_RE = re.compile(V4_PATTERN + "/32")
 
 
 def _check(pattern: re.Pattern, what: str):
     def check(v: str) -> str:
-        if not pattern.match(v):
+        if not pattern.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid {what}")
         return v
     return check
@@ -61,10 +75,10 @@ Mac = Annotated[str, AfterValidator(lambda v: _check(_MAC_RE, "MAC address")(v)
 
 def _labels(v: dict) -> dict:
     for k, val in v.items():
-        if not _LABEL_KEY_RE.match(k):
+        if not _LABEL_KEY_RE.fullmatch(k):
             raise ValueError(f"label key {k!r} is not valid (letters, digits, _ . -, "
                              "optional prefix/)")
-        if not isinstance(val, str) or not _LABEL_VALUE_RE.match(val):
+        if not isinstance(val, str) or not _LABEL_VALUE_RE.fullmatch(val):
             raise ValueError(f"label {k!r} has invalid value {val!r} "
                              "(up to 63 letters, digits, _ . -)")
     return v
@@ -73,12 +87,9 @@ def _labels(v: dict) -> dict:
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 
 
-_V4_HOST_RE = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}/32$")
-
-
 def _net(version: int | None, exact_len: bool):
     def check(v: Any) -> str:
-        if version == 4 and exact_len and isinstance(v, str) and _V4_HOST_RE.match(v):
+        if version == 4 and exact_len and isinstance(v, str) and _V4_HOST_RE.fullmatch(v):
             return v  # the common case, without building an ipaddress object
         if not isinstance(v, str):
             raise ValueError(f"{v!r} is not a CIDR string")
@@ -223,6 +234,63 @@ class Endpoint(Record):
     @property
     def addresses(self) -> list[str]:
         return [n.split("/")[0] for n in (*self.ipv4_nets, *self.ipv6_nets)]
+
+
+# The endpoint fast path.  Endpoints are most of a snapshot, and nearly all are written in
+# one canonical form (IPv4 /32s, lower-case colon MACs, no IPv6, no legacy "profile_id").
+# A second validator checks that form entirely inside pydantic-core, without calling back
+# into Python; whatever it rejects - IPv6, a value to normalise, every invalid value - goes
+# through the full model, which normalises it or names the bad field.  So the fast path
+# accepts a subset of what Endpoint accepts and yields an equal record
+# (tests/unit/test_model.py holds it to that on every field).
+
+def _full(pattern: str) -> core_schema.StringSchema:
+    return core_schema.str_schema(pattern=f"^(?:{pattern})$")
+
+
+_CANONICAL_ENDPOINT_FIELDS = {
+    "state": core_schema.literal_schema(["active", "inactive"]),
+    "name": _full(IFACE_PATTERN),
+    "mac": core_schema.nullable_schema(_full(MAC_CANONICAL_PATTERN)),
+    "profile_ids": core_schema.list_schema(_full(NAME_PATTERN)),
+    "ipv4_nets": core_schema.list_schema(_full(V4_PATTERN + "/32")),
+    "ipv6_nets": core_schema.list_schema(max_length=0),
+    "ipv4_gateway": core_schema.nullable_schema(_full(V4_PATTERN)),
+    "ipv6_gateway": core_schema.none_schema(),
+    "labels": core_schema.dict_schema(_full(LABEL_KEY_PATTERN), _full(LABEL_VALUE_PATTERN)),
+}
+
+
+def _second_validator(cls: type[BaseModel], fields: dict) -> SchemaValidator:
+    """A validator building ``cls`` records from its own field schemas (with the model's
+    defaults).  pydantic-core reuses a finished model's validator for any schema that names
+    the class, so the class is marked unfinished while this one is built; if a pydantic
+    release stops honouring that, the result is the model's full validator (slower, still
+    right) and tests/unit/test_model.py fails on it."""
+    assert fields.keys() == cls.model_fields.keys()
+
+    def field(name: str) -> core_schema.ModelField:
+        info, schema = cls.model_fields[name], fields[name]
+        if info.default_factory is not None:
+            schema = core_schema.with_default_schema(schema, default_factory=info.default_factory)
+        elif not info.is_required():
+            schema = core_schema.with_default_schema(schema, default=info.default)
+        return core_schema.model_field(schema)
+
+    schema = core_schema.model_schema(
+        cls, core_schema.model_fields_schema({n: field(n) for n in fields},
+                                             extra_behavior="forbid"),
+        config=core_schema.CoreConfig(strict=True), frozen=True)
+    cls.__pydantic_complete__ = False
+    try:
+        return SchemaValidator(schema)
+    finally:
+        cls.__pydantic_complete__ = True
+
+
+_CANONICAL_ENDPOINT = _second_validator(Endpoint, _CANONICAL_ENDPOINT_FIELDS)
+_canonical_endpoint = _CANONICAL_ENDPOINT.validate_json
+_ENDPOINT = Kind.ENDPOINT       # a plain global: an Enum member lookup costs ~0.2 us
 
 
 # -- policy ------------------------------------------------------------------------------
@@ -484,7 +552,7 @@ def _string_list(v: Any) -> tuple:
     if not isinstance(v, list):
         raise ValueError("expected a JSON list of tags")
     for t in v:
-        if not isinstance(t, str) or not _NAME_RE.match(t):
+        if not isinstance(t, str) or not _NAME_RE.fullmatch(t):
             raise ValueError(f"tag {t!r} is not a valid name (letters, digits, _ . -)")
     return tuple(v)
 
@@ -568,6 +636,11 @@ def _cross_check(pk: ParsedKey, record) -> None:
 
 def decode(pk: ParsedKey, raw: bytes):
     """The record stored under ``pk``; raises ModelError naming the key and field."""
+    if pk.kind is _ENDPOINT and len(raw) <= MAX_VALUE_BYTES:
+        try:
+            return _canonical_endpoint(raw)
+        except ValidationError:
+            pass    # not canonical, or not valid: the full model decides, naming the field
     if len(raw) > MAX_VALUE_BYTES:
         raise ModelError(pk.key, None, f"value of {len(raw)} bytes is larger than the "
                                        f"{MAX_VALUE_BYTES} bytes allowed")

@@ -36,7 +36,7 @@ from policy.selector import parse_selector
 # Keys of an inbound rule that only say "who may come in": a rule with nothing else set is
 # a connection, a rule restricting more than that is an export.
 _EXPORT_KEYS = ("dst_selector", "protocol", "dst_ports")
-_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,253}")   # a profile id, as the model checks it
+_NAME_RE = re.compile(model.NAME_PATTERN)    # a profile id, as the model checks it
 
 
 class GroupError(ValueError):

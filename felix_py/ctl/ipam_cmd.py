@@ -1,11 +1,13 @@
 """``felixctl ipam``: address usage per pool and block, allocating and releasing by hand,
-garbage collection of leaked addresses, and the IPAM settings (strict affinity)."""
+garbage collection of leaked addresses, releasing a decommissioned host's blocks, and the
+IPAM settings (strict affinity)."""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
 import uuid
+from collections import Counter
 
 import click
 
@@ -40,7 +42,7 @@ def _address(text: str) -> str:
 
 @click.group()
 def ipam():
-    """IP address management: show, allocate, release, gc, config."""
+    """IP address management: show, allocate, release, gc, release-blocks, config."""
 
 
 @ipam.command()
@@ -189,6 +191,71 @@ def gc_(ctx: Ctx, min_age, dry_run):
     if rows:
         click.echo(table(["ADDRESS", "HANDLE", "ENDPOINT (GONE)", "AGE (S)"],
                          [list(r.values()) for r in rows]))
+
+
+# How each outcome of giving up a claim reads in the summary: (done, dry run).
+_OUTCOMES = {
+    blocks.RELEASED: ("released", "would be released"),
+    blocks.UNASSIGNED: ("kept without an owner (their addresses stay allocated)",
+                        "would be kept without an owner (their addresses stay allocated)"),
+    blocks.IN_USE: ("still holding addresses, kept",
+                    "still holding addresses (refused without --force)"),
+    blocks.STALE: ("stale (gone, or another host's): only the claim removed",
+                   "stale (gone, or another host's): only the claim would be removed"),
+}
+
+
+@ipam.command("release-blocks")
+@click.option("--host", required=True, help="The decommissioned host whose blocks to release.")
+@click.option("--force", is_flag=True, help="Also give up blocks that still hold addresses: "
+                                            "they stay, with their addresses, without an owner.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be done.")
+@output_option
+@pass_ctx
+@_told
+def release_blocks(ctx: Ctx, host, force, dry_run):
+    """Release the IPAM blocks of a host that is gone, so their addresses can be reused."""
+    endpoints = [str(eid) for eid, _ in ctx.registry.list_endpoints(host)]
+    if endpoints:
+        more = ", ..." if len(endpoints) > 3 else ""
+        raise CtlError(f"host {host} still has {len(endpoints)} endpoint(s) registered "
+                       f"({', '.join(endpoints[:3])}{more}): a host in use keeps its blocks; "
+                       f"remove them first (`felixctl endpoint list --host {host}`, "
+                       "`felixctl endpoint remove`)")
+    if ctx.client.get(ctx.layout.host_status(host)) is not None:
+        raise CtlError(f"the agent on host {host} is running (its heartbeat is live); stop "
+                       "it before releasing the host's blocks")
+    im = _ipam(ctx, host)
+    claimed = im.host_blocks(host)
+    if not claimed:
+        raise CtlError(f"host {host} holds no IPAM blocks; nothing to release (see "
+                       "`felixctl ipam show --blocks`)")
+    plan = {c: blocks.affinity_release(b, host, force) for c, b in claimed.items()}
+    in_use = [c for c, outcome in plan.items() if outcome == blocks.IN_USE]
+    if in_use and not dry_run:
+        held = ", ".join(f"{c}: {blocks.used_count(claimed[c])} in use" for c in in_use)
+        raise CtlError(f"host {host}: blocks still holding addresses ({held}); nothing "
+                       "released. Free them first (`felixctl ipam gc` frees those whose "
+                       "endpoint is gone), or give --force to keep these blocks without an "
+                       "owner; --dry-run shows every block")
+    done = plan if dry_run else {c: im.release_affinity(host, c, force) for c in plan}
+    rows = []
+    for cidr in sorted(claimed, key=ipaddress.ip_network):
+        b = claimed[cidr]
+        held_for = Counter(a.secondary.get(ATTR_HOST, "unknown")
+                           for _, a in (blocks.allocated(b) if b else ()))
+        rows.append({"block": cidr, "in_use": sum(held_for.values()),
+                     "held_for": dict(held_for), "result": done[cidr]})
+    counts = Counter(done.values())
+    summary = f"Host {host}{', dry run' if dry_run else ''}: " + "; ".join(
+        f"{counts[o]} block{'' if counts[o] == 1 else 's'} {_OUTCOMES[o][dry_run]}"
+        for o in _OUTCOMES if counts[o]) + "."
+    emit({"host": host, "dry_run": dry_run, "blocks": rows}, text=summary + "\n" + table(
+        ["BLOCK", "IN USE", "HELD FOR HOSTS", "WOULD BE" if dry_run else "RESULT"],
+        [[r["block"], r["in_use"], r["held_for"], r["result"]] for r in rows]))
+    if not dry_run and counts[blocks.IN_USE]:
+        raise CtlError("a block got an address while the host's blocks were being released; "
+                       "it was kept: run the command again")
 
 
 @ipam.command("config")

@@ -31,7 +31,7 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 NUD_PERMANENT = 0x80
 IFF_UP = 0x1
-RTMGRP_LINK = 0x1
+RTMGRP_LINK, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x40, 0x400
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 SO_RCVBUFFORCE = 33
 
@@ -43,6 +43,11 @@ _RTA = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
 _SCOPES = {"universe": RT_SCOPE_UNIVERSE, "link": RT_SCOPE_LINK}
 _KINDS = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE}
+# The route protocols the kernel's headers name (iproute2 shows these names).
+PROTOCOL_NAMES = {1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra",
+                  10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk",
+                  16: "dhcp", 17: "mrouted", 18: "keepalived", 42: "babel", 99: "openr",
+                  186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
 
 
 class Route(NamedTuple):
@@ -226,16 +231,23 @@ class Netlink:
     # -- dumps ---------------------------------------------------------------------------
     def dump_routes(self, proto: int) -> dict[str, Route]:
         """Routes in the main table carrying protocol ``proto``, IPv4 and IPv6."""
-        out: dict[str, Route] = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
+        return {r.dst: r for _, r in self._dump_main((socket.AF_INET, socket.AF_INET6), proto)}
+
+    def route_holders(self, dsts: Iterable[str]) -> dict[str, str]:
+        """dst -> a description of the main-table route to exactly that prefix (``describe``),
+        for each of ``dsts`` that one holds."""
+        wanted = {ipaddress.ip_network(d): d for d in dsts}
+        families = {socket.AF_INET if n.version == 4 else socket.AF_INET6 for n in wanted}
+        return {wanted[net]: describe(proto, r) for proto, r in self._dump_main(families, 0)
+                if (net := ipaddress.ip_network(r.dst)) in wanted}
+
+    def _dump_main(self, families: Iterable[int], proto: int) -> Iterator[tuple[int, Route]]:
+        """(protocol, route) of the main table; ``proto`` 0 means every protocol."""
+        for family in families:
             body = _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, proto, 0, 0, 0)
             for mtype, payload in self._dump(RTM_GETROUTE, body):
-                if mtype != RTM_NEWROUTE:
-                    continue
-                route = _parse_route(payload, proto)
-                if route is not None:
-                    out[route.dst] = route
-        return out
+                if mtype == RTM_NEWROUTE and (parsed := parse_route(payload, proto)):
+                    yield parsed
 
     def dump_links(self) -> list[tuple[int, str, bool, str | None]]:
         return [link for mtype, payload in
@@ -243,9 +255,27 @@ class Netlink:
                 if (link := parse_link(payload)) is not None]
 
 
-def _parse_route(payload: bytes, proto: int) -> Route | None:
+def describe(proto: int, route: Route) -> str:
+    """A route as an operator would want it named: "protocol static (4), via 10.0.0.1 dev
+    eth0"; an interface is named as this namespace knows it."""
+    name = PROTOCOL_NAMES.get(proto)
+    out = f"protocol {name} ({proto})" if name else f"protocol {proto}"
+    if route.kind != "unicast":
+        return f"{out}, {route.kind}"
+    where = [f"via {','.join(route.gateways)}"] if route.gateways else []
+    if route.oif:
+        try:
+            where.append(f"dev {socket.if_indextoname(route.oif)}")
+        except OSError:
+            where.append(f"ifindex {route.oif}")
+    return ", ".join([out, " ".join(where)]) if where else out
+
+
+def parse_route(payload: bytes, proto: int = 0) -> tuple[int, Route] | None:
+    """An RTM_NEWROUTE/DELROUTE payload -> (protocol, route), for main-table routes carrying
+    protocol ``proto`` (0: any)."""
     family, dst_len, _src, _tos, table, rproto, scope, rtype, _flags = _RTMSG.unpack_from(payload)
-    if rproto != proto:
+    if proto and rproto != proto:
         return None
     attrs = dict(_parse_attrs(payload, _RTMSG.size, len(payload)))
     table_id = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
@@ -270,7 +300,8 @@ def _parse_route(payload: bytes, proto: int) -> Route | None:
     kind = "blackhole" if rtype == RTN_BLACKHOLE else "unicast"
     if kind == "blackhole" or len(gateways) > 1:
         oif = None
-    return Route(dst, oif, gateways, kind, "link" if scope == RT_SCOPE_LINK else "universe")
+    return rproto, Route(dst, oif, gateways, kind,
+                         "link" if scope == RT_SCOPE_LINK else "universe")
 
 
 def parse_link(payload: bytes) -> tuple[int, str, bool, str | None] | None:

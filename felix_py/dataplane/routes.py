@@ -7,12 +7,18 @@ kernel holds and sends the difference in one netlink batch.  The first ``apply()
 kernel's routes with our protocol number: a route still wanted is left alone (a restart
 flaps nothing), one no longer wanted is deleted, routes of any other protocol are never
 touched.
+
+A new route is created with NLM_F_EXCL: where a route of another protocol holds the prefix,
+the kernel refuses it.  That conflict is logged once, reported in the owning endpoint's
+status, and tried again only when the wanted route changes or the other route is deleted
+(``route_conflicts``); any other refusal is retried on the agent's backoff.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+from typing import Callable
 
 from felix_py.calc import routes as calc
 from felix_py.calc.store import Changes, Store
@@ -20,6 +26,7 @@ from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.links import Links
 from felix_py.dataplane.manager import DataplaneError
 from felix_py.dataplane.netlink import Netlink, Route
+from felix_py.dataplane.route_conflicts import Conflict, ConflictWatch
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +37,15 @@ SOURCE_PRIORITY = ("workloads", "blackholes")
 class RouteManager:
     name = "routes"
 
-    def __init__(self, proto: int, netlink: Netlink | None = None):
+    def __init__(self, proto: int, netlink: Netlink | None = None,
+                 post: Callable[[object], None] | None = None,
+                 watch: ConflictWatch | None = None):
+        """``post`` (the agent's queue) lets a conflict's end wake the agent's loop; without
+        it, a freed prefix is tried on the next apply that happens for another reason."""
         self.proto = proto
         self.nl = netlink or Netlink()
+        self._watch = watch or ConflictWatch(post)
+        self._conflicts: dict[str, Conflict] = {}
         self._sources: dict[str, dict[str, Route]] = {"workloads": {}, "blackholes": {}}
         self._neigh_want: dict[tuple[int, str], str] = {}
         self._neigh_have: dict[tuple[int, str], str] = {}
@@ -41,7 +54,6 @@ class RouteManager:
         self._failed: dict[str, str] = {}
         self._owners: dict[str, EndpointId] = {}
         self._dirty = True
-        self.last_apply_counts = (0, 0)
 
     # -- desired state -------------------------------------------------------------------
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
@@ -68,7 +80,9 @@ class RouteManager:
 
     def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
         problems = dict(self._problems)
-        for dst, reason in self._failed.items():
+        failed = {**self._failed, **{dst: _conflict_reason(dst, c)
+                                     for dst, c in self._conflicts.items()}}
+        for dst, reason in failed.items():
             if dst in self._owners:
                 problems[self._owners[dst]] = ("error", reason)
         return problems
@@ -77,16 +91,27 @@ class RouteManager:
     def actual(self) -> dict[str, Route]:
         return dict(self._actual or {})
 
+    @property
+    def conflicts(self) -> dict[str, Conflict]:
+        """dst -> the route wanted there and the route of another protocol holding it."""
+        return dict(self._conflicts)
+
     # -- kernel --------------------------------------------------------------------------
     def apply(self) -> None:
-        if not self._dirty:
+        freed = self._watch.take_freed()
+        if not (self._dirty or freed):
             return
         if self._actual is None:
             self._actual = self.nl.dump_routes(self.proto)
             log.info("found %d routes with protocol %d at start", len(self._actual), self.proto)
         want = self.desired()
+        previous = self._conflicts
+        # A conflict waits until its prefix is freed or the route wanted there changes.
+        self._conflicts = {dst: c for dst, c in previous.items()
+                           if dst not in freed and want.get(dst) == c.route}
         changes = [("replace" if dst in self._actual else "create", r)
-                   for dst, r in want.items() if self._actual.get(dst) != r]
+                   for dst, r in want.items()
+                   if self._actual.get(dst) != r and dst not in self._conflicts]
         changes += [("delete", r) for dst, r in self._actual.items() if dst not in want]
         neigh = [("replace", k, mac) for k, mac in self._neigh_want.items()
                  if self._neigh_have.get(k) != mac]
@@ -97,6 +122,9 @@ class RouteManager:
         # Deleting what is already gone (its link was removed, taking its routes) is success.
         failed = {tag: code for tag, code in failed.items()
                   if not (tag[0] == "delete" and code in (errno.ESRCH, errno.ENOENT, errno.ENODEV))}
+        conflicts = self._record_conflicts(failed, previous)
+        failed = {tag: code for tag, code in failed.items() if tag not in conflicts}
+        changes = [c for c in changes if c not in conflicts]
         self._failed = {}
         for op, r in changes:
             code = failed.get((op, r))
@@ -104,9 +132,6 @@ class RouteManager:
                 self._actual[r.dst] = r
             elif op == "delete" and not code:
                 self._actual.pop(r.dst, None)
-            elif code == errno.EEXIST:
-                self._failed[r.dst] = (f"route {r.dst}: a route to it that felix-py does not "
-                                       "own already exists; left alone")
             elif code:
                 self._failed[r.dst] = f"route {r.dst}: {errno.errorcode.get(code, code)}"
         for op, k, mac in neigh:
@@ -115,7 +140,6 @@ class RouteManager:
                 self._neigh_have[k] = mac
             elif op == "delete" and not code:
                 self._neigh_have.pop(k, None)
-        self.last_apply_counts = (len(changes) + len(neigh), len(failed))
         self._dirty = bool(failed)
         if failed:
             sample = "; ".join(f"{tag[0]} {tag[1].dst if isinstance(tag[1], Route) else tag[1]}: "
@@ -127,5 +151,31 @@ class RouteManager:
                      sum(op != "delete" for op, _ in changes),
                      sum(op == "delete" for op, _ in changes), len(neigh))
 
+    def _record_conflicts(self, failed: dict, previous: dict[str, Conflict]) -> set:
+        """Keep the creates the kernel refused with EEXIST as conflicts, each with the route
+        that holds its prefix; returns their tags.  One whose holder cannot be found (it
+        went away meanwhile) stays a failure, retried like any other."""
+        refused = {tag[1].dst: tag for tag, code in failed.items()
+                   if tag[0] == "create" and code == errno.EEXIST}
+        # Watch before looking: a holder deleted after the look-up is then reported.
+        self._watch.watch(set(self._conflicts) | set(refused))
+        holders = self.nl.route_holders(refused) if refused else {}
+        for dst, holder in holders.items():
+            conflict = Conflict(refused[dst][1], holder)
+            if previous.get(dst) != conflict:
+                log.warning("route %s not installed: a route felix-py does not own holds that "
+                            "prefix (%s); left alone until it is deleted or the route wanted "
+                            "there changes", dst, holder)
+            self._conflicts[dst] = conflict
+        if len(holders) < len(refused):
+            self._watch.watch(self._conflicts)
+        return {refused[dst] for dst in holders}
+
     def close(self) -> None:
+        self._watch.close()
         self.nl.close()
+
+
+def _conflict_reason(dst: str, conflict: Conflict) -> str:
+    return (f"route {dst} is held by a route felix-py does not own ({conflict.holder}); "
+            "delete that route, or give the workload another address")

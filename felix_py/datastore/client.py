@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlparse
@@ -21,7 +22,8 @@ from pyetcd.utils import prefix_range_end, to_bytes
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 2000
+PAGE_SIZE = 4000
+FIRST_PAGE_SIZE = 500
 # gRPC backs off reconnecting up to two minutes by default: an etcd that comes back would
 # go unnoticed that long.  Keepalives find a silently dead connection.
 GRPC_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250),
@@ -192,18 +194,31 @@ class EtcdClient:
 
     def iter_prefix(self, prefix: str, revision: int | None = None,
                     page: int = PAGE_SIZE) -> Iterator[tuple[list, int]]:
+        """Pages of (key, value, mod_revision) under ``prefix``, all at one revision (the
+        first page's, unless ``revision`` is given).  The next page is requested while the
+        caller works on the current one, so etcd's work overlaps the caller's; pages start
+        small so that the caller starts soon, and double up to ``page``."""
         start = to_bytes(prefix)
         end = prefix_range_end(start)
-        while True:
-            resp = self._call(self._raw.get_range_response, start, end, limit=page,
-                              revision=revision)
-            revision = resp.header.revision if revision is None else revision
-            chunk = [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision)
-                     for kv in resp.kvs]
-            yield chunk, revision
-            if not resp.more or not resp.kvs:
-                return
-            start = resp.kvs[-1].key + b"\0"
+        limit = min(FIRST_PAGE_SIZE, page)
+        with ThreadPoolExecutor(1, thread_name_prefix="etcd-page") as pool:
+            pending = pool.submit(self._range_page, start, end, limit, revision)
+            while True:
+                resp = pending.result()
+                revision = resp.header.revision if revision is None else revision
+                more = resp.more and len(resp.kvs) > 0
+                if more:
+                    limit = min(limit * 2, page)
+                    pending = pool.submit(self._range_page, resp.kvs[-1].key + b"\0", end,
+                                          limit, revision)
+                yield [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision)
+                       for kv in resp.kvs], revision
+                if not more:
+                    return
+
+    def _range_page(self, start: bytes, end: bytes, limit: int, revision: int | None):
+        return self._call(self._raw.get_range_response, start, end, limit=limit,
+                          revision=revision)
 
     def read(self, keys: list[str]) -> dict[str, tuple[bytes | None, int]]:
         """Several keys at one revision in one round trip: key -> (value, mod_revision);

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 DEFAULT_PREFIX = "/calico"
@@ -86,8 +85,7 @@ class EndpointId(NamedTuple):
         return f"{self.host}/{self.orchestrator}/{self.workload}/{self.endpoint}"
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
+class ParsedKey(NamedTuple):
     key: str
     kind: Kind
     parts: dict

@@ -15,12 +15,14 @@ deletions it missed, by comparing with the revisions it has seen.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from pyetcd import exceptions as etcd_exc
 from pyetcd.watch import WatchResponse
@@ -36,8 +38,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
+class Update(NamedTuple):
     key: str
     parsed: ParsedKey | None      # None when the key itself is not part of the layout
     record: Any = None            # the decoded record; None for a delete or an error
@@ -69,13 +70,27 @@ class _WatchBroken(Exception):
     pass
 
 
+@contextmanager
+def gc_paused():
+    """No cyclic garbage collection inside: for a burst of allocations that all stay alive
+    (a snapshot's records), where each collection would only scan them again.  Creating
+    10,000 endpoint records takes about half as long without it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def decode_kv(layout: KeyLayout, key: str, value: bytes) -> Update:
     try:
         pk = layout.parse(key)
     except KeyLayoutError as e:
         return Update(key, None, error=e)
     try:
-        return Update(key, pk, record=model.decode(pk, value))
+        return Update(key, pk, model.decode(pk, value))
     except model.ModelError as e:
         return Update(key, pk, error=e)
 
@@ -166,23 +181,25 @@ class Syncer:
         present: set[str] = set()
         batch: list[Update] = []
         changed = errors = total = 0
+        seen = self._seen
         for prefix in self.prefixes:
             for chunk, revision in self.client.iter_prefix(prefix, revision):
-                for key, value, mod in chunk:
-                    total += 1
-                    present.add(key)
-                    if self._seen.get(key) == mod:
-                        continue
-                    upd = decode_kv(self.layout, key, value)
-                    self._seen[key] = mod
-                    errors += upd.error is not None
-                    if upd.error:
-                        log.error("skipping %s", upd.error)
-                    batch.append(upd)
-                    changed += 1
-                    if len(batch) >= BATCH:
-                        self.sink(Updates(batch))
-                        batch = []
+                total += len(chunk)
+                with gc_paused():
+                    for key, value, mod in chunk:
+                        present.add(key)
+                        if seen.get(key) == mod:
+                            continue
+                        upd = decode_kv(self.layout, key, value)
+                        seen[key] = mod
+                        if upd.error:
+                            errors += 1
+                            log.error("skipping %s", upd.error)
+                        batch.append(upd)
+                        changed += 1
+                        if len(batch) >= BATCH:
+                            self.sink(Updates(batch))
+                            batch = []
         gone = [k for k in self._seen if k not in present]
         for key in gone:
             del self._seen[key]

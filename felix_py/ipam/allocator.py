@@ -6,7 +6,9 @@ ipv4/block/<cidr>``), each claimed by one host (``/calico/ipam/v2/host/<host>/ip
 full, and only then borrows single addresses from other hosts' blocks, never when strict
 affinity is on (``/calico/ipam/v2/config``) or the block is marked strict.  Handles
 (``/calico/ipam/v2/handle/<id>``) count what each owner holds per block, so that a release
-by handle frees exactly its addresses.
+by handle frees exactly its addresses.  A host that is gone gives up its claims
+(``release_affinity``): an empty block is deleted, one still holding addresses may be kept
+without an owner, and is deleted when its last address is released.
 
 Every change is one etcd transaction that compares the ``mod_revision`` of each key it read
 (the block, the handles, or their absence) and is retried from a fresh read when another
@@ -170,8 +172,11 @@ class Ipam:
                     return done.result
                 cidr = done.block.cidr
                 compare, ops = self._handle_ops(done.handles, cidr, guard, reads)
-                self._txn([t.mod(key) == read.revision] + compare,
-                          [t.put(key, done.block.to_json())] + ops)
+                # A block without an owner (its host gave it up while it held addresses)
+                # goes with its last address, as in Calico.
+                gone = done.block.affinity is None and not blocks.used_count(done.block)
+                write = t.delete(key) if gone else t.put(key, done.block.to_json())
+                self._txn([t.mod(key) == read.revision] + compare, [write] + ops)
                 if guard:
                     guard.owned = True
                 return done.result
@@ -572,18 +577,35 @@ class Ipam:
                 if ops:
                     self._txn(compare, ops)
 
-    def release_affinity(self, host: str, cidr: str) -> bool:
-        """Give up a host's claim on an empty block (the block is deleted); False when the
-        block still holds addresses."""
+    def host_blocks(self, host: str) -> dict[str, model.Block | None]:
+        """The blocks ``host`` claims (its affinity keys), each with its record (None: the
+        block does not exist), read in one round trip."""
+        keys = {c: self.block_key(c) for v in (4, 6) for c in self.affine_blocks(host, v)}
+        reads = self._read_many(list(keys.values()))
+        return {c: None if reads[k].value is None else self._decode(k, reads[k].value)
+                for c, k in keys.items()}
+
+    def release_affinity(self, host: str, cidr: str, unassign_in_use: bool = False) -> str:
+        """Give up ``host``'s claim on block ``cidr`` in one transaction; returns what was
+        done (``blocks.affinity_release``): an empty block is deleted with the claim; one
+        that holds addresses is left alone, or with ``unassign_in_use`` kept without an
+        owner (its addresses stay allocated; it is deleted when the last is released)."""
         key, aff = self.block_key(cidr), self.affinity_key(host, cidr)
         t = self.client.transactions
         for attempt in self._retrying():
             with attempt:
                 read = self._read(key)
-                if read.value is None:
-                    self.client.delete(aff)
-                    return True
-                if blocks.used_count(self._decode(key, read.value)):
-                    return False
-                self._txn([t.mod(key) == read.revision], [t.delete(key), t.delete(aff)])
-                return True
+                block = self._decode(key, read.value) if read.value is not None else None
+                outcome = blocks.affinity_release(block, host, unassign_in_use)
+                if outcome == blocks.IN_USE:
+                    return outcome
+                ops = [t.delete(aff)]
+                if outcome == blocks.RELEASED:
+                    ops.append(t.delete(key))
+                elif outcome == blocks.UNASSIGNED:
+                    ops.append(t.put(key, blocks.unassigned(block).to_json()))
+                cmp = t.mod(key) == read.revision if block else t.version(key) == 0
+                self._txn([cmp], ops)
+                if outcome != blocks.STALE:
+                    log.info("host %s gave up block %s (%s)", host, cidr, outcome)
+                return outcome

@@ -157,6 +157,27 @@ def handle_ordinals(block: model.Block, handle_id: str) -> list[int]:
     return [o for o, a in enumerate(block.allocations) if a is not None and a in held]
 
 
+# What giving up a host's claim on a block does (``affinity_release``).
+RELEASED = "released"        # the block was empty: deleted with the claim
+IN_USE = "in use"            # it holds addresses: left as it is
+UNASSIGNED = "unassigned"    # it holds addresses: kept, without an owner (forced)
+STALE = "stale"              # the block is gone or another host's: only the claim key goes
+
+
+def affinity_release(block: model.Block | None, host: str, unassign_in_use: bool) -> str:
+    """What giving up ``host``'s claim on ``block`` (None: it does not exist) does."""
+    if block is None or block.host != host:
+        return STALE
+    if not used_count(block):
+        return RELEASED
+    return UNASSIGNED if unassign_in_use else IN_USE
+
+
+def unassigned(block: model.Block) -> model.Block:
+    """The block without an owner: nobody claims it again; it goes with its last address."""
+    return block.model_copy(update={"affinity": None})
+
+
 def allocated(block: model.Block) -> Iterator[tuple[int, model.BlockAttribute]]:
     """(ordinal, holder) of every address in use."""
     for o, a in enumerate(block.allocations):

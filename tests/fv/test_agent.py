@@ -3,11 +3,11 @@
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
+from agentkit import http_get, metric
 
 from felix_py.datastore.client import EtcdClient
 from felix_py.datastore.embedded import EmbeddedEtcd
@@ -191,17 +191,13 @@ def test_health_and_metrics(host, registry, agent_factory, workload_factory):
     agent = agent_factory(host, H, FELIX_HEALTH_PORT="9099")
     agent.wait_ready(registry)
 
-    def get(path):
-        code = ("import urllib.request,urllib.error,sys\n"
-                "try:\n r=urllib.request.urlopen('http://127.0.0.1:9099%s',timeout=2)\n"
-                " print(r.status); print(r.read().decode())\n"
-                "except urllib.error.HTTPError as e: print(e.code)\n" % path)
-        return host.run([sys.executable, "-c", code]).stdout
-    assert get("/livez").startswith("200")
-    assert get("/readyz").startswith("200")
-    metrics = get("/metrics")
+    assert http_get(host, 9099, "/livez").startswith("200")
+    assert http_get(host, 9099, "/readyz").startswith("200")
+    metrics = http_get(host, 9099, "/metrics")
     assert 'felix_local_endpoints{status="up"} 1.0' in metrics
     assert "felix_apply_seconds_count" in metrics
+    assert metric(host, 9099, "felix_routes") == 1
+    assert metric(host, 9099, "felix_route_conflicts") == 0
     hb = registry.host_status(H)
     assert hb.first_update and hb.uptime >= 0
 

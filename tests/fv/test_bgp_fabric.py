@@ -28,11 +28,10 @@ class BgpAgent(AgentProcess):
         for pid in self.ns.pids():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
+                    argv = f.read().rstrip(b"\0").split(b"\0")
             except OSError:
                 continue
-            if any(a.endswith(b"/exabgp") for a in argv) and any(a.endswith(b"exabgp.conf")
-                                                                 for a in argv):
+            if argv[-1].endswith(b"/exabgp.conf"):     # python -m bgp.launcher CONF
                 return pid
         return None
 
@@ -149,6 +148,11 @@ def test_downward_default_fabric(netns_factory, workload_factory, registry, clie
     wait_for(lambda: every <= set(bird_core.routes()), 20, what="core holds every workload")
     assert {"10.65.1.1/32", "10.65.1.2/32"} <= set(bird_tor1.routes())
     assert {"10.65.2.3/32", "10.65.2.4/32", "10.65.1.2/32"} <= set(bird_tor2.routes())
+    # Next hop self, resolved per session (bgp.launcher's remove_self): the dual-homed host
+    # announces its workload to each ToR with its own address on that ToR's link.
+    assert bird_tor1.routes()["10.65.1.2/32"] == {"10.1.0.12"}
+    assert bird_tor2.routes()["10.65.1.2/32"] == {"10.2.0.12"}
+    assert bird_tor1.routes()["10.65.1.1/32"] == {"10.1.0.11"}
     # A ToR holds its rack's routes only (the core sends it nothing but the default).
     assert not {"10.65.2.3/32", "10.65.2.4/32"} & set(bird_tor1.routes())
     # Each host: its workloads, the default, its connected routes; nothing else.

@@ -239,3 +239,94 @@ def test_felixctl_ipam_show_allocate_release_config(registry, ctl, client, layou
 
     assert ctl.json("ipam", "config", "--strict-affinity")["strict_affinity"] is True
     assert ctl.value("ipam/v2/config")["strict_affinity"] is True
+
+
+def test_felixctl_ipam_release_blocks_of_a_decommissioned_host(registry, ctl, client, layout,
+                                                                ipam_for):
+    registry.add_pool("10.65.0.0/26", block_size=28)
+    c, b = ipam_for("host-c"), ipam_for("host-b")
+    a_, b_, c_ = "10.65.0.0/28", "10.65.0.16/28", "10.65.0.32/28"
+    c.assign_ip("10.65.0.1", "c-a")                       # block A, emptied again
+    c.release_by_handle("c-a")
+    c.assign_ip("10.65.0.17", "c-gone", {"endpoint": "host-c/k8s/gone/eth0"})  # block B
+    b.assign_ip("10.65.0.18", "b-live", {"endpoint": "host-b/k8s/live/eth0"})  # borrowed in B
+    registry.register_endpoint(EndpointId("host-b", "k8s", "live", "eth0"),
+                               {"name": "calilive", "ipv4_nets": ["10.65.0.18/32"]})
+    c.assign_ip("10.65.0.33", "c-c")                      # block C, emptied again
+    c.release_by_handle("c-c")
+    d_ = "10.65.0.48/28"                                  # a claim on a block that is gone
+    client.put(c.affinity_key("host-c", d_), json.dumps({"state": "confirmed"}))
+
+    def claimed(cidr):
+        return client.get(c.affinity_key("host-c", cidr)) is not None
+
+    def block(cidr):
+        raw = client.get(c.block_key(cidr))
+        return None if raw is None else json.loads(raw)
+
+    # A host still in use is refused, naming what keeps it in use; nothing is written.
+    web = EndpointId("host-c", "k8s", "web", "eth0")
+    registry.register_endpoint(web, {"name": "caliweb", "ipv4_nets": ["10.65.0.40/32"]})
+    assert ctl.fails("ipam", "release-blocks", "--host", "host-c") == (
+        "Error: host host-c still has 1 endpoint(s) registered (host-c/k8s/web/eth0): a host "
+        "in use keeps its blocks; remove them first (`felixctl endpoint list --host host-c`, "
+        "`felixctl endpoint remove`)")
+    registry.remove_endpoint(web)
+    client.put(layout.host_status("host-c"), json.dumps({"time": "2026-01-01T00:00:00Z",
+                                                         "uptime": 5}))
+    assert "agent on host host-c is running" in ctl.fails("ipam", "release-blocks", "--host",
+                                                         "host-c")
+    client.delete(layout.host_status("host-c"))
+    assert ctl.fails("ipam", "release-blocks", "--host", "host-x") == (
+        "Error: host host-x holds no IPAM blocks; nothing to release (see `felixctl ipam "
+        "show --blocks`)")
+    # A block that still holds addresses refuses the whole command without --force.
+    assert ctl.fails("ipam", "release-blocks", "--host", "host-c") == (
+        "Error: host host-c: blocks still holding addresses (10.65.0.16/28: 2 in use); nothing "
+        "released. Free them first (`felixctl ipam gc` frees those whose endpoint is gone), "
+        "or give --force to keep these blocks without an owner; --dry-run shows every block")
+
+    before = ctl.dump()
+    assert ctl("ipam", "release-blocks", "--host", "host-c", "--dry-run").splitlines() == [
+        "Host host-c, dry run: 2 blocks would be released; 1 block still holding addresses "
+        "(refused without --force); 1 block stale (gone, or another host's): only the claim "
+        "would be removed.",
+        "BLOCK          IN USE    HELD FOR HOSTS     WOULD BE",
+        "-------------  --------  -----------------  ----------",
+        "10.65.0.0/28   0         -                  released",
+        "10.65.0.16/28  2         host-c=1,host-b=1  in use",
+        "10.65.0.32/28  0         -                  released",
+        "10.65.0.48/28  0         -                  stale"]
+    assert ctl.dump() == before
+    # The leaked address of host-c's gone workload is garbage; host-b's is not.
+    assert "Released 1 leaked address." in ctl("ipam", "gc", "--min-age", "0")
+    before = ctl.dump()
+    assert ctl.json("ipam", "release-blocks", "--host", "host-c", "--force", "--dry-run") == {
+        "host": "host-c", "dry_run": True, "blocks": [
+            {"block": a_, "in_use": 0, "held_for": {}, "result": "released"},
+            {"block": b_, "in_use": 1, "held_for": {"host-b": 1}, "result": "unassigned"},
+            {"block": c_, "in_use": 0, "held_for": {}, "result": "released"},
+            {"block": d_, "in_use": 0, "held_for": {}, "result": "stale"}]}
+    assert ctl.dump() == before
+
+    assert ctl("ipam", "release-blocks", "--host", "host-c", "--force").splitlines() == [
+        "Host host-c: 2 blocks released; 1 block kept without an owner (their addresses stay "
+        "allocated); 1 block stale (gone, or another host's): only the claim removed.",
+        "BLOCK          IN USE    HELD FOR HOSTS    RESULT",
+        "-------------  --------  ----------------  ----------",
+        "10.65.0.0/28   0         -                 released",
+        "10.65.0.16/28  1         host-b=1          unassigned",
+        "10.65.0.32/28  0         -                 released",
+        "10.65.0.48/28  0         -                 stale"]
+    assert block(a_) is None and block(c_) is None
+    assert not any(claimed(x) for x in (a_, b_, c_, d_))
+    kept = block(b_)
+    assert "affinity" not in kept and kept["allocations"][2] is not None
+    assert b.lookup("10.65.0.18").handle_id == "b-live"
+    assert ctl.fails("ipam", "release-blocks", "--host", "host-c").endswith(
+        "host host-c holds no IPAM blocks; nothing to release (see `felixctl ipam show "
+        "--blocks`)")
+    # A block without an owner goes with its last address, and can be claimed again.
+    b.release_by_handle("b-live")
+    assert block(b_) is None
+    assert b.assign_ip("10.65.0.20", "b-new") and block(b_)["affinity"] == "host:host-b"

@@ -176,6 +176,22 @@ def test_thousand_endpoints_in_one_transaction(client, layout, registry, prefix)
         syncer.stop()
 
 
+def test_paged_read_is_one_revision_and_misses_nothing(client, layout, registry, prefix):
+    registry.register_endpoints([(EndpointId("h1", "k8s", f"p{i:04d}", "eth0"), endpoint(i))
+                                 for i in range(2345)])
+    expected = sorted(etcd_contents(client, prefix))
+    pages, revisions, seen = 0, set(), []
+    for chunk, revision in client.iter_prefix(prefix + "/", page=700):
+        if pages == 0:      # written after the first page: not part of this read
+            registry.register_endpoint(EndpointId("h1", "k8s", "late", "eth0"), endpoint(9999))
+            registry.remove_endpoint(EndpointId("h1", "k8s", "p2000", "eth0"))
+        pages += 1
+        revisions.add(revision)
+        seen.extend(k for k, _, _ in chunk)
+    assert seen == expected and len(seen) == 2345
+    assert pages >= 4 and len(revisions) == 1
+
+
 def test_unreachable_etcd_names_the_endpoint():
     client = EtcdClient("http://127.0.0.1:1", timeout=1)
     with pytest.raises(DatastoreUnavailable, match=r"127\.0\.0\.1:1"):

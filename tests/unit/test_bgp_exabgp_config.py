@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bgp.config import GLOBAL, NODE_MESH, ROUTE_REFLECTOR, TOR, BgpPlan, Peer
-from bgp.driver import default_exabgp
+from bgp.driver import launcher_argv
 from bgp.exabgp_config import ConfigRejected, Options, environment, listen_addresses, render
 
 OPTS = Options(helper=(sys.executable, "-m", "bgp.bridge", "/tmp/felix-test/api.sock"))
@@ -17,7 +17,8 @@ def exabgp_accepts(tmp_path, text):
     path = tmp_path / "exabgp.conf"
     path.write_text(text)
     env = dict(os.environ, **environment(str(tmp_path / "exabgp.env")))
-    r = subprocess.run([default_exabgp(), "validate", str(path)], env=env,
+    # The entry point the driver runs ExaBGP through.
+    r = subprocess.run(launcher_argv() + ["validate", str(path)], env=env,
                        capture_output=True, text=True, timeout=60)
     return r.returncode == 0, r.stdout + r.stderr
 

@@ -72,16 +72,21 @@ def store_with(peers, endpoints=("10.65.0.1/32",)):
 ALL = Changes(config=True, bgp=True, ipam=True, endpoints={None})
 
 
-def deliver(m, posted):
+def turn(m, posted, store=None, changes=ALL):
+    """One batch of the agent's loop: the driver's events, the datastore's changes, then
+    the applies in the agent's order (the BGP manager first, its announcements last)."""
     for msg in posted:
         m.on_message(msg)
     posted.clear()
+    if store is not None:
+        m.on_changes(store, changes, None)
+    m.apply()
+    m.announcer.apply()
 
 
 def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
     m, ctx, posted = make(tmp_path)
-    m.on_changes(store_with([("10.1.0.1", 65101), ("10.2.0.1", 65102)]), ALL, None)
-    m.apply()
+    turn(m, posted, store_with([("10.1.0.1", 65101), ("10.2.0.1", 65102)]))
     d = m.driver
     assert d.announced == {"10.65.0.1/32"}
     assert "neighbor 10.1.0.1 {" in d.config and "neighbor 10.2.0.1 {" in d.config
@@ -90,7 +95,7 @@ def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
     for ip in ("10.1.0.1", "10.2.0.1"):
         d.on_event(api.PeerState(ip, "up", "10.1.0.11"))
         d.on_event(api.RouteUpdate(ip, {"0.0.0.0/0": ip, "10.9.0.0/16": ip}))
-    deliver(m, posted)
+    turn(m, posted)
     assert ctx.routes.sources["bgp"] == {
         "0.0.0.0/0": Route("0.0.0.0/0", gateways=("10.1.0.1", "10.2.0.1"))}
     st = m.peer_status()["10.2.0.1"]
@@ -100,31 +105,38 @@ def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
     # A peer going down takes its next hop away; the other stays.
     d.on_event(api.Notification("10.2.0.1", "receive", 6, 2, ""))
     d.on_event(api.PeerState("10.2.0.1", "down", reason="notification received (6,2)"))
-    deliver(m, posted)
+    turn(m, posted)
     assert ctx.routes.sources["bgp"]["0.0.0.0/0"].gateways == ("10.1.0.1",)
     assert m.peer_status()["10.2.0.1"].state == "idle"
 
 
-def test_endpoint_changes_are_diffs_and_do_not_restart_exabgp(tmp_path):
+def test_exabgp_is_configured_first_and_told_the_announcements_last(tmp_path):
     m, ctx, posted = make(tmp_path)
     m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
-    m.apply()
-    m.on_changes(store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.65.0.2/32")),
-                 Changes(endpoints={None}), None)
-    m.apply()
+    m.apply()                   # first of the agent's managers: ExaBGP starts meanwhile
+    assert "neighbor 10.1.0.1 {" in m.driver.config
+    assert m.driver.announced == frozenset()
+    m.announcer.apply()         # last, once policy and routes are programmed
+    assert m.driver.announced == {"10.65.0.1/32"}
+
+
+def test_endpoint_changes_are_diffs_and_do_not_restart_exabgp(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    turn(m, posted, store_with([("10.1.0.1", 65101)]))
+    turn(m, posted, store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.65.0.2/32")),
+         Changes(endpoints={None}))
     assert m.driver.announced == {"10.65.0.1/32", "10.65.0.2/32"}
     assert m.driver.configures == 1
 
 
 def test_exabgp_death_keeps_learned_routes_until_the_restart_time(tmp_path):
     m, ctx, posted = make(tmp_path)
-    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
-    m.apply()
+    turn(m, posted, store_with([("10.1.0.1", 65101)]))
     m.driver.on_event(api.PeerState("10.1.0.1", "up", "10.1.0.11"))
     m.driver.on_event(api.RouteUpdate("10.1.0.1", {"0.0.0.0/0": "10.1.0.1"}))
-    deliver(m, posted)
+    turn(m, posted)
     m.driver.on_event(ProcessDown(1, "ExaBGP exited (killed by SIGKILL)"))
-    deliver(m, posted)
+    turn(m, posted)
     assert "0.0.0.0/0" in ctx.routes.sources["bgp"]
     assert m.peer_status()["10.1.0.1"].info == "ExaBGP restarting"
     m._timer.cancel()
@@ -134,12 +146,11 @@ def test_routes_of_a_previous_run_are_kept_until_the_peers_resend(tmp_path):
     old = {"0.0.0.0/0": Route("0.0.0.0/0", oif=2, gateways=("10.1.0.1",)),
            "10.65.0.1/32": Route("10.65.0.1/32", oif=5, scope="link")}
     m, ctx, posted = make(tmp_path, inherited=old)
-    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
-    m.apply()
+    turn(m, posted, store_with([("10.1.0.1", 65101)]))
     assert ctx.routes.sources["bgp"] == {"0.0.0.0/0": old["0.0.0.0/0"]}
     m.driver.on_event(api.PeerState("10.1.0.1", "up", "10.1.0.11"))
     m.driver.on_event(api.EndOfRib("10.1.0.1", "ipv4 unicast"))
-    deliver(m, posted)
+    turn(m, posted)
     assert ctx.routes.sources["bgp"] == {}
     m._timer.cancel()
 
@@ -152,8 +163,7 @@ def test_invalid_peer_keys_and_refused_peers_show_in_status(tmp_path):
     s.errors["/calico/bgp/v1/host/h1/peer_v4/10.1.0.3"] = model.ModelError(
         "/calico/bgp/v1/host/h1/peer_v4/10.1.0.3", "as_num", "AS number 0 is out of range")
     s.errors["/calico/bgp/v1/host/h2/peer_v4/10.1.0.4"] = ValueError("another host's")
-    m.on_changes(s, ALL, None)
-    m.apply()
+    turn(m, posted, s)
     st = m.peer_status()
     assert st["10.1.0.2"].state == "error" and "ASCII" in st["10.1.0.2"].info
     assert st["10.1.0.3"].state == "error" and "out of range" in st["10.1.0.3"].info
@@ -164,12 +174,10 @@ def test_invalid_peer_keys_and_refused_peers_show_in_status(tmp_path):
 
 def test_no_bgp_address_stops_exabgp_and_reports(tmp_path):
     m, ctx, posted = make(tmp_path)
-    m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
-    m.apply()
+    turn(m, posted, store_with([("10.1.0.1", 65101)]))
     s = store_with([("10.1.0.1", 65101)])
     s.bgp.host_ip_v4 = {}
-    m.on_changes(s, Changes(bgp=True), None)
-    m.apply()
+    turn(m, posted, s, Changes(bgp=True))
     assert m.driver.state is State.CLOSED
     assert m.status()["bgp_mode"] == "disabled" and m.peer_status() == {}
     assert "ip_addr_v4" in m.status()["bgp_problems"][0]

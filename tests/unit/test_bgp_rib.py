@@ -20,8 +20,11 @@ def test_import_filter_per_mode():
     assert accepts(ALL_BUT_OWN, "0.0.0.0/0", "10.1.0.12", own, me)
     assert not accepts(ALL_BUT_OWN, "10.65.0.1/32", "10.1.0.12", own, me)     # our own
     assert not accepts(ALL_BUT_OWN, "10.66.0.1/32", "10.1.0.11", own, me)     # via us
-    # The network this host sits on: it would replace the host's connected route.
-    assert not accepts(ALL_BUT_OWN, "10.1.0.0/24", "10.1.0.1", own, me)
+    # Prefixes that cover the host's own address are routes like any other: an aggregate
+    # loses to the connected route by longest match, and the network the host sits on is
+    # refused by the kernel (NLM_F_EXCL), never installed over the connected route.
+    assert accepts(ALL_BUT_OWN, "10.0.0.0/8", "10.1.0.1", own, me)
+    assert accepts(ALL_BUT_OWN, "10.1.0.0/24", "10.1.0.1", own, me)
 
 
 def test_downward_default_ecmp_and_peer_down_keeps_the_other():
@@ -67,9 +70,10 @@ def test_reflector_mode_installs_all_but_own():
     rib.set_own(frozenset({"10.66.1.1/32"}), frozenset({"10.3.0.11"}))
     up(rib, "10.3.0.1")
     rib.update("10.3.0.1", {"10.66.1.1/32": "10.3.0.11", "10.66.2.1/32": "10.3.0.12",
-                            "10.66.3.0/26": "10.3.0.13", "10.3.0.0/24": "10.3.0.1"}, ())
+                            "10.66.3.0/26": "10.3.0.13", "10.66.4.1/32": "10.3.0.11"}, ())
     assert rib.kernel_routes() == {"10.66.2.1/32": ("10.3.0.12",),
                                    "10.66.3.0/26": ("10.3.0.13",)}
+    assert rib.counts("10.3.0.1") == (4, 2)            # our own prefix, and one via us
     rib.update("10.3.0.1", {}, ["10.66.3.0/26"])
     assert rib.kernel_routes() == {"10.66.2.1/32": ("10.3.0.12",)}
     # An endpoint moves here: its prefix is now ours, the learned route goes.

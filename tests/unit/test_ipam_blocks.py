@@ -154,3 +154,17 @@ def test_ordinal_outside_the_block_is_refused():
     assert blocks.ordinal(b, "10.65.0.7") == 7
     with pytest.raises(ValueError, match="not in block"):
         blocks.ordinal(b, "10.65.0.8")
+
+
+def test_giving_up_a_claim_depends_on_what_the_block_holds():
+    empty = blocks.new_block("10.65.0.0/29", "h1", True)
+    held, _ = blocks.assign(empty, 2, "wl", {"host": "h2"})
+    assert blocks.affinity_release(empty, "h1", False) == blocks.RELEASED
+    assert blocks.affinity_release(held, "h1", False) == blocks.IN_USE
+    assert blocks.affinity_release(held, "h1", True) == blocks.UNASSIGNED
+    # Only the claim key is left to remove: the block is gone, or another host's.
+    assert blocks.affinity_release(None, "h1", True) == blocks.STALE
+    assert blocks.affinity_release(empty, "h9", False) == blocks.STALE
+    kept = blocks.unassigned(held)
+    assert kept.host is None and "affinity" not in json.loads(kept.to_json())
+    assert kept.allocations == held.allocations and kept.strict_affinity

@@ -70,6 +70,49 @@ def test_endpoint_missing_name():
     assert err.field == "name"
 
 
+CANONICAL_EP = {"state": "inactive", "name": "cali1234", "mac": "ee:ee:ee:ee:ee:01",
+                "profile_ids": ["web", "db"], "ipv4_nets": ["10.65.0.5/32", "10.65.0.6/32"],
+                "ipv4_gateway": "10.65.0.1", "labels": {"app": "web", "example.com/t": ""}}
+
+
+@pytest.mark.parametrize("value", [
+    CANONICAL_EP, {"name": "cali1"}, {"name": "c", "ipv4_nets": [], "labels": {}},
+    {"name": "c", "mac": None, "ipv4_gateway": None, "ipv6_gateway": None, "ipv6_nets": []},
+    {"name": "c", "ipv4_nets": ["0.0.0.0/32", "255.255.255.255/32", "1.20.199.250/32"]},
+])
+def test_endpoint_fast_path_equals_full_model(value):
+    raw = json.dumps(value).encode()
+    fast = model._CANONICAL_ENDPOINT.validate_json(raw)
+    full = model.Endpoint.model_validate_json(raw)
+    assert type(fast) is model.Endpoint
+    assert fast == full and fast.to_json() == full.to_json()
+    assert list(fast.__dict__) == list(full.__dict__) and repr(fast) == repr(full)
+    assert fast.model_fields_set == full.model_fields_set
+    assert fast.model_copy(update={"name": "x"}).name == "x"
+    assert dec(EP_KEY, value) == full
+
+
+@pytest.mark.parametrize("change", [
+    {"mac": "EE:EE:EE:EE:EE:01"}, {"mac": "ee-ee-ee-ee-ee-01"},   # normalised by the model
+    {"ipv6_nets": ["fd00:0::5/128"]}, {"ipv6_gateway": "fd00::1"},
+    {"profile_id": "legacy", "profile_ids": None},
+    {"ipv4_nets": ["010.0.0.1/32"]}, {"ipv4_nets": ["1.2.3.4/32\n"]},
+    {"ipv4_nets": ["1.2.3.\u0664/32"]}, {"name": "eth0\n"}, {"name": ""},
+    {"labels": {"app": 5}}, {"state": 1}, {"extra": 1},
+])
+def test_endpoint_fast_path_leaves_the_rest_to_the_model(change):
+    value = {k: v for k, v in (CANONICAL_EP | change).items() if v is not None}
+    raw = json.dumps(value).encode()
+    with pytest.raises(ValueError):      # so the fast path is not the full model's validator
+        model._CANONICAL_ENDPOINT.validate_json(raw)
+    try:
+        expected = model.Endpoint.model_validate_json(raw)
+    except ValueError:
+        bad(EP_KEY, raw)
+    else:
+        assert dec(EP_KEY, raw) == expected
+
+
 @pytest.mark.parametrize("raw,words", [
     (b"{not json", "malformed JSON"),
     (b"[1, 2]", "expected a JSON object"),

@@ -1,0 +1,58 @@
+"""bgp.driver against a stand-in for ExaBGP: what it sends, and when."""
+
+import sys
+import time
+
+from bgp.config import BgpPlan, Peer
+from bgp.driver import ExaBgpDriver
+from bgp.exabgp_config import Options, render
+from felix_py.lab.netns import wait_for
+
+# Runs the API helper of its configuration (the driver's bridge), says each neighbour is up,
+# then records every command the driver sends and acknowledges it.
+FAKE_EXABGP = """#!{python}
+import json, os, re, subprocess, sys
+conf = open(sys.argv[-1]).read()
+helper = subprocess.Popen(re.search(r"run (.*);", conf).group(1).split(),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def say(line):
+    helper.stdin.write(line.encode() + b"\\n")
+    helper.stdin.flush()
+for peer in re.findall(r"neighbor (\\S+) {{", conf):
+    say(json.dumps({{"type": "state", "neighbor": {{"address": {{"local": "10.1.0.11",
+                                                            "peer": peer}}, "state": "up"}}}}))
+with open(os.path.join(os.path.dirname(sys.argv[-1]), "commands"), "a") as log:
+    for line in helper.stdout:
+        log.write(line.decode())
+        log.flush()
+        say("done")
+"""
+
+
+def test_nothing_is_sent_before_the_announcements_are_known(tmp_path):
+    fake = tmp_path / "exabgp"
+    fake.write_text(FAKE_EXABGP.format(python=sys.executable))
+    fake.chmod(0o755)
+    events = []
+    driver = ExaBgpDriver(str(tmp_path / "run"), events.append, exabgp=str(fake))
+    commands = tmp_path / "run" / "commands"
+    try:
+        plan = BgpPlan("h1", True, "downward-default", 64512, "10.1.0.11",
+                       (Peer("10.1.0.1", 65101, "tor"),))
+        text, _ = render(plan, Options(helper=driver.helper_argv))
+        driver.configure(text, {"10.1.0.1": 4})
+        wait_for(lambda: any(getattr(e, "state", None) == "up" for e in events), 10,
+                 what="the session up")
+        time.sleep(0.5)
+        # A restarted agent's peers keep its routes until End-of-RIB: not before it knows
+        # what to announce.
+        assert not commands.exists() or commands.read_text() == ""
+        driver.set_routes({"10.65.0.1/32"}, wait=10)
+        wait_for(lambda: len(commands.read_text().splitlines()) == 2, 10,
+                 what="announcement and End-of-RIB")
+        assert commands.read_text().splitlines() == [
+            "neighbor 10.1.0.1 announce attributes next-hop self nlri 10.65.0.1/32",
+            "neighbor 10.1.0.1 announce eor ipv4 unicast"]
+        assert driver.announced == {"10.65.0.1/32"}
+    finally:
+        driver.close()

@@ -1,0 +1,106 @@
+"""bgp.launcher: its Neighbor.remove_self gives what ExaBGP's own gives, without the deep
+copy; the reactor runs more API steps per turn; nothing is changed that the launcher was
+not written for."""
+
+import subprocess
+
+import pytest
+
+from bgp import launcher
+from bgp.driver import launcher_argv
+
+
+@pytest.fixture
+def exabgp(monkeypatch):
+    """ExaBGP's API parser and Neighbor class, in this process; what the launcher changes
+    is restored afterwards."""
+    monkeypatch.setenv("EXABGP_ENVFILE", "/dev/null")
+    from exabgp.bgp.neighbor import Neighbor
+    from exabgp.configuration.configuration import Configuration
+    from exabgp.environment import getenv
+    from exabgp.logger import log
+    from exabgp.protocol.ip import IP
+    from exabgp.reactor.asynchronous import ASYNC
+
+    log.init(getenv())
+    monkeypatch.setattr(Neighbor, "remove_self", Neighbor.remove_self)
+    monkeypatch.setattr(ASYNC, "LIMIT", ASYNC.LIMIT)
+
+    def neighbor(local):
+        n = Neighbor()
+        n["local-address"] = n["router-id"] = IP.create(local)
+        return n
+
+    def parse(command):
+        """The changes ExaBGP makes of an API announcement (``announce`` left out)."""
+        conf = Configuration([])
+        assert conf.partial("static", command)
+        conf.scope.to_context()
+        return conf.scope.pop_routes()
+
+    return Neighbor, neighbor, parse
+
+
+def attributes(change):
+    return {code: str(value) for code, value in change.attributes.items()}
+
+
+def test_next_hop_self_resolves_per_neighbour_as_exabgp_does(exabgp):
+    Neighbor, neighbor, parse = exabgp
+    tor1, tor2 = neighbor("10.1.0.12"), neighbor("10.2.0.12")      # a dual-homed host
+    changes = parse("attributes next-hop self community 64512:1 nlri 10.65.0.1/32 "
+                    "10.65.0.2/32")
+    expected = [(Neighbor.remove_self(n, c), n) for c in changes for n in (tor1, tor2)]
+    original = Neighbor.remove_self
+    assert launcher.install() == []
+    assert Neighbor.remove_self is not original
+    for want, n in expected:
+        change = next(c for c in changes if c.index() == want.index())
+        got = Neighbor.remove_self(n, change)
+        assert got.extensive() == want.extensive()
+        assert str(got.nlri.nexthop) == str(n["local-address"])
+        assert attributes(got) == attributes(want)
+        assert got.attributes.index() == want.attributes.index()
+    # The parsed change, shared by both neighbours, still says "self".
+    assert all(c.nlri.nexthop.SELF for c in changes)
+    a, b = (Neighbor.remove_self(n, changes[0]) for n in (tor1, tor2))
+    assert (str(a.nlri.nexthop), str(b.nlri.nexthop)) == ("10.1.0.12", "10.2.0.12")
+    assert a.nlri is not b.nlri and a.attributes is not b.attributes
+
+
+def test_an_explicit_next_hop_takes_exabgps_own_path(exabgp):
+    Neighbor, neighbor, parse = exabgp
+    n = neighbor("10.1.0.12")
+    [change] = parse("attributes next-hop 10.1.0.99 nlri 10.65.0.1/32")
+    want = Neighbor.remove_self(n, change)
+    assert launcher.install() == []
+    got = Neighbor.remove_self(n, change)
+    assert got.extensive() == want.extensive() == "10.65.0.1/32 next-hop 10.1.0.99"
+    assert got is not change
+
+
+def test_the_reactor_runs_more_api_steps_per_turn(exabgp):
+    from exabgp.reactor.asynchronous import ASYNC
+    assert ASYNC.LIMIT == 50
+    assert launcher.install() == []
+    assert ASYNC.LIMIT == launcher.API_STEPS == 500
+
+
+def test_what_exabgp_changed_is_left_alone(exabgp, monkeypatch):
+    from exabgp.reactor.asynchronous import ASYNC
+    Neighbor, _, _ = exabgp
+    before = Neighbor.remove_self
+    monkeypatch.setattr(launcher, "ORIGINAL", launcher.ORIGINAL.replace("deepcopy", "copy"))
+    monkeypatch.setattr(ASYNC, "LIMIT", 64)
+    problems = launcher.install()
+    assert len(problems) == 2
+    assert "Neighbor.remove_self is not the one this launcher replaces" in problems[0]
+    assert "runs 64 API steps per turn, not 50" in problems[1]
+    assert Neighbor.remove_self is before and ASYNC.LIMIT == 64
+
+
+def test_the_installed_exabgp_runs_with_both_changes():
+    r = subprocess.run(launcher_argv() + ["version"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "ExaBGP : 5.0." in r.stdout
+    assert launcher.WARNING_TAG not in r.stderr

@@ -1,0 +1,229 @@
+"""The route manager against a state fake of the kernel's main table.
+
+The fake answers as the kernel does: a create (NLM_F_EXCL) where any route to the prefix
+exists is refused with EEXIST, a delete only removes a route of the protocol it names, and
+``fail`` makes it refuse a prefix with a given errno.  It counts what the manager sends per
+prefix, so tests can tell a conflict that is left alone from one that is retried.
+"""
+
+import errno
+import logging
+from collections import Counter
+
+import pytest
+
+from felix_py.calc.store import Store
+from felix_py.dataplane.links import LinkInfo, LinkUpdate, Links
+from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.netlink import Route
+from felix_py.dataplane.routes import RouteManager
+from policy.testing import Feeder
+
+PROTO = 98
+H = "host-a"
+
+
+class FakeNetlink:
+    def __init__(self):
+        self.table: dict[str, tuple[int, Route]] = {}      # dst -> (protocol, route)
+        self.fail: dict[str, int] = {}
+        self.sent: Counter = Counter()                       # (op, dst) -> messages
+
+    def dump_routes(self, proto):
+        return {dst: r for dst, (p, r) in self.table.items() if p == proto}
+
+    def route_holders(self, dsts):
+        return {d: f"protocol {self.table[d][0]}" for d in dsts if d in self.table}
+
+    def route_message(self, op, route, proto):
+        return 0, b""
+
+    def neigh_message(self, op, ifindex, ip, mac):
+        return 0, b""
+
+    def batch(self, msgs):
+        failed = {}
+        for _seq, _data, tag in msgs:
+            if isinstance(tag[1], Route):
+                op, route = tag
+                self.sent[(op, route.dst)] += 1
+                code = self.fail.get(route.dst) or self._route(op, route)
+                if code:
+                    failed[tag] = code
+        return failed
+
+    def _route(self, op, route):
+        held = self.table.get(route.dst)
+        if op == "create" and held:
+            return errno.EEXIST
+        if op == "delete":
+            if not held or held[0] != PROTO:
+                return errno.ESRCH
+            del self.table[route.dst]
+        else:
+            self.table[route.dst] = (PROTO, route)
+        return 0
+
+    def close(self):
+        pass
+
+
+class FakeWatch:
+    """ConflictWatch without its socket: ``report`` is what a route delete event does."""
+
+    def __init__(self):
+        self.watched: set[str] = set()
+        self._freed: set[str] = set()
+
+    def watch(self, dsts):
+        self.watched = set(dsts)
+
+    def report(self, dsts):
+        self._freed |= set(dsts) & self.watched
+
+    def take_freed(self):
+        out, self._freed = self._freed, set()
+        return out
+
+    def close(self):
+        self.watched = set()
+
+
+@pytest.fixture
+def kernel():
+    return FakeNetlink()
+
+
+@pytest.fixture
+def watch():
+    return FakeWatch()
+
+
+@pytest.fixture
+def world(kernel, watch):
+    """(manager, feeder, apply): apply() hands the store's changes over and applies."""
+    store, links = Store(H), Links()
+    for i in range(1, 4):
+        links.apply(LinkUpdate(f"cali{i}", LinkInfo(10 + i, f"cali{i}", True, None)))
+    mgr = RouteManager(PROTO, netlink=kernel, watch=watch)
+    feed = Feeder(store)
+
+    def apply():
+        mgr.on_changes(store, store.drain(), links)
+        mgr.apply()
+    return mgr, feed, apply
+
+
+def workload(feed, name, iface, ip):
+    return feed.endpoint(H, name, {"name": iface, "ipv4_nets": [f"{ip}/32"]})
+
+
+def ours(kernel, dst):
+    held = kernel.table.get(dst)
+    return held is not None and held[0] == PROTO
+
+
+def test_a_foreign_route_is_left_alone_reported_once_and_not_retried(world, kernel, watch,
+                                                                       caplog):
+    mgr, feed, apply = world
+    kernel.table["10.65.0.1/32"] = (4, Route("10.65.0.1/32", oif=99, scope="link"))
+    w1 = workload(feed, "w1", "cali1", "10.65.0.1")
+    w2 = workload(feed, "w2", "cali2", "10.65.0.2")
+    with caplog.at_level(logging.WARNING):
+        apply()                                     # no DataplaneError: nothing to retry
+        for _ in range(5):
+            mgr.apply()
+        workload(feed, "w3", "cali3", "10.65.0.3")  # an unrelated change
+        apply()
+    assert kernel.table["10.65.0.1/32"][0] == 4, "the foreign route was overwritten"
+    assert ours(kernel, "10.65.0.2/32") and ours(kernel, "10.65.0.3/32")
+    assert kernel.sent[("create", "10.65.0.1/32")] == 1
+    warnings = [r.getMessage() for r in caplog.records if "10.65.0.1/32" in r.getMessage()]
+    assert len(warnings) == 1 and "protocol 4" in warnings[0]
+    state, reason = mgr.endpoint_problems()[w1]
+    assert state == "error" and "10.65.0.1/32" in reason and "protocol 4" in reason
+    assert w2 not in mgr.endpoint_problems()
+    assert set(mgr.conflicts) == {"10.65.0.1/32"} and watch.watched == {"10.65.0.1/32"}
+
+
+def test_the_foreign_route_deleted_lets_ours_in(world, kernel, watch):
+    mgr, feed, apply = world
+    kernel.table["10.65.0.1/32"] = (4, Route("10.65.0.1/32", oif=99, scope="link"))
+    w1 = workload(feed, "w1", "cali1", "10.65.0.1")
+    apply()
+    del kernel.table["10.65.0.1/32"]
+    watch.report({"10.65.0.1/32"})                  # the route delete event
+    mgr.apply()
+    assert kernel.table["10.65.0.1/32"] == (PROTO, Route("10.65.0.1/32", oif=11, scope="link"))
+    assert kernel.sent[("create", "10.65.0.1/32")] == 2
+    assert mgr.conflicts == {} and w1 not in mgr.endpoint_problems()
+    assert watch.watched == set()
+
+
+def test_a_spurious_free_retries_once_without_logging_again(world, kernel, watch, caplog):
+    mgr, feed, apply = world
+    kernel.table["10.65.0.1/32"] = (4, Route("10.65.0.1/32", oif=99, scope="link"))
+    workload(feed, "w1", "cali1", "10.65.0.1")
+    with caplog.at_level(logging.WARNING):
+        apply()
+        watch.report({"10.65.0.1/32"})          # e.g. events lost: everything is tried again
+        mgr.apply()
+        mgr.apply()
+    assert kernel.sent[("create", "10.65.0.1/32")] == 2
+    assert sum("10.65.0.1/32" in r.getMessage() for r in caplog.records) == 1
+    assert "10.65.0.1/32" in mgr.conflicts
+
+
+def test_a_change_of_the_wanted_route_is_tried_again(world, kernel):
+    mgr, feed, apply = world
+    kernel.table["10.65.0.1/32"] = (4, Route("10.65.0.1/32", oif=99, scope="link"))
+    workload(feed, "w1", "cali1", "10.65.0.1")
+    apply()
+    workload(feed, "w1", "cali2", "10.65.0.1")      # moved to another interface
+    apply()
+    assert kernel.sent[("create", "10.65.0.1/32")] == 2
+    assert kernel.sent[("replace", "10.65.0.1/32")] == 0
+    assert kernel.table["10.65.0.1/32"][0] == 4 and mgr.actual == {}
+    assert mgr.conflicts["10.65.0.1/32"].route.oif == 12
+    feed.remove_endpoint(H, "w1")
+    apply()
+    assert mgr.conflicts == {} and kernel.table["10.65.0.1/32"][0] == 4
+
+
+def test_a_conflicting_learned_route_has_no_endpoint_and_is_only_logged(world, kernel,
+                                                                          caplog):
+    mgr, feed, apply = world
+    kernel.table["0.0.0.0/0"] = (3, Route("0.0.0.0/0", gateways=("192.0.2.2",)))
+    mgr.set_source_routes("bgp", {"0.0.0.0/0": Route("0.0.0.0/0", gateways=("10.1.0.1",))})
+    with caplog.at_level(logging.WARNING):
+        apply()
+    assert kernel.table["0.0.0.0/0"][0] == 3 and "0.0.0.0/0" in mgr.conflicts
+    assert mgr.endpoint_problems() == {}
+    assert any("0.0.0.0/0" in r.getMessage() for r in caplog.records)
+
+
+def test_other_errors_keep_being_retried_on_backoff(world, kernel):
+    mgr, feed, apply = world
+    w1 = workload(feed, "w1", "cali1", "10.65.0.1")
+    kernel.fail["10.65.0.1/32"] = errno.ENODEV
+    with pytest.raises(DataplaneError, match="10.65.0.1/32: ENODEV"):
+        apply()
+    assert mgr.endpoint_problems()[w1] == ("error", "route 10.65.0.1/32: ENODEV")
+    with pytest.raises(DataplaneError):
+        mgr.apply()                                 # still dirty: the agent's retry works
+    del kernel.fail["10.65.0.1/32"]
+    mgr.apply()
+    assert ours(kernel, "10.65.0.1/32") and mgr.endpoint_problems() == {}
+    assert mgr.conflicts == {}
+
+
+def test_a_holder_gone_before_it_could_be_named_is_an_ordinary_failure(world, kernel, watch):
+    mgr, feed, apply = world
+    workload(feed, "w1", "cali1", "10.65.0.1")
+    kernel.fail["10.65.0.1/32"] = errno.EEXIST      # refused, yet no route holds the prefix
+    with pytest.raises(DataplaneError, match="EEXIST"):
+        apply()
+    assert mgr.conflicts == {} and watch.watched == set()
+    del kernel.fail["10.65.0.1/32"]
+    mgr.apply()
+    assert ours(kernel, "10.65.0.1/32")
