@@ -1,8 +1,8 @@
 """BGP benchmark: felix-py with ExaBGP against BIRD doing the same work, side by side.
 
-1. Announce: a host with N endpoints starts cold (the agent, or the driver alone) until a
-   BIRD core peering with it holds all N routes; against a BIRD in the host's place
-   announcing the same N routes.
+1. Announce: a host with N endpoints (and their N interfaces) starts cold (the agent, or
+   the driver alone) until a BIRD core peering with it holds all N routes; against a BIRD
+   in the host's place announcing the same N routes.
 2. Learn (route-reflector mode): a BIRD reflector holds N routes; from the host's cold start
    until all N are in the host's kernel; against a BIRD client exporting them to its kernel.
 
@@ -55,19 +55,31 @@ def kernel_count(ns: Netns, proto: str) -> int:
 
 
 class Pair:
-    """A host namespace and a switch namespace on one link."""
+    """A host namespace and a switch namespace on one link (and, where the host has
+    workloads, a namespace holding their ends)."""
 
     def __init__(self):
         self.host = Netns(unique_name("bh")).create()
         self.switch = Netns(unique_name("bs")).create()
+        self.workloads: Netns | None = None
         veth(self.switch, "host", self.host, "up")
         self.switch.addr("host", f"{CORE_IP}/24")
         self.host.addr("up", f"{HOST_IP}/24")
         self.dir = tempfile.mkdtemp(prefix="felix-bench-bgp-")
 
+    def add_workload_interfaces(self, n: int) -> None:
+        """cali0 ... cali{n-1} in the host, up: veths whose other ends are in a namespace of
+        their own, in one ``ip -batch``.  The agent announces a workload only once its route
+        to the workload's interface is installed."""
+        self.workloads = Netns(unique_name("bw")).create()
+        script = "".join(f"link add cali{i} up type veth peer name eth{i} "
+                         f"netns {self.workloads.name}\n" for i in range(n))
+        self.host.run(["ip", "-batch", "-"], input=script, timeout=600)
+
     def close(self):
-        self.host.delete()
-        self.switch.delete()
+        for ns in (self.host, self.switch, self.workloads):
+            if ns:
+                ns.delete()
         subprocess.run(["rm", "-rf", self.dir])
 
 
@@ -158,6 +170,7 @@ def announce_agent(n: int, etcd: EmbeddedEtcd, run: int) -> float:
         reg.register_endpoints([(EndpointId("bench", "k8s", f"w{i}", "eth0"),
                                  {"name": f"cali{i}", "ipv4_nets": [x]})
                                 for i, x in enumerate(prefixes(n))])
+        p.add_workload_interfaces(n)
         core.start(core_conf())
     return timed_agent(p, etcd, f"/bench-bgp-{os.getpid()}-{run}", configure,
                        lambda: route_count(core) >= n)
@@ -263,9 +276,10 @@ def main(argv=None) -> int:
              "milliseconds.  ExaBGP runs through `bgp.launcher`, which takes out its "
              "per-route deep copy and lets its reactor take 500 API steps per turn instead "
              "of 50.  The agent adds its Python start (about 0.5 s), the datastore snapshot "
-             "and, before it announces anything, the policy and routes of its endpoints "
-             f"({n} here); ExaBGP starts and its session comes up meanwhile.  With IPAM a "
-             "host announces its blocks (a few dozen prefixes), not one /32 per workload.")
+             "and, before it announces anything, the interfaces, policy and routes of its "
+             f"endpoints ({n} here); ExaBGP starts and its session comes up meanwhile.  "
+             "With IPAM a host announces its blocks (a few dozen prefixes), not one /32 per "
+             "workload.")
     print(body)
     if not args.no_write:
         write_section("bgp", "BGP: ExaBGP (felix-py) against BIRD",

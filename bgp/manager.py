@@ -1,7 +1,7 @@
 """The BGP manager: this host's announcements out through ExaBGP, learned routes in.
 
 On every batch it resolves the host's BGP plan (``bgp.config``) and the prefixes the host
-announces (``felix_py.calc.routes.exported_prefixes``).  It works in two steps, which the
+may announce (``felix_py.calc.routes.exported_prefixes``).  It works in two steps, which the
 agent applies at the two ends of its managers (``BgpManager`` first, its ``announcer`` last):
 
 - ``BgpManager.apply()`` renders ExaBGP's configuration (starting ExaBGP, or restarting it
@@ -9,9 +9,13 @@ agent applies at the two ends of its managers (``BgpManager`` first, its ``annou
   the last batch, once per batch.  Coming first, ExaBGP starts and its sessions come up
   while the agent programs interfaces, policy and routes.
 - ``BgpAnnouncer.apply()`` hands the driver the prefixes to announce, which it sends as a
-  diff and waits for ExaBGP to acknowledge.  Coming last, a workload is announced only once
-  its policy and its route are in place; until the first announcement the driver sends
-  peers nothing, not even End-of-RIB.
+  diff and waits for ExaBGP to acknowledge: the owned IPAM blocks (their blackhole routes
+  drop what is unused), and each workload address whose route the route manager has
+  installed.  Coming last, it sees what the route manager installed or lost in the same
+  batch (a link event leads to a batch): a workload is announced only once its policy and
+  its route are in place, and withdrawn when its route is gone (its interface deleted), so
+  that traffic for it never loops between host and ToR.  Until the first announcement the
+  driver sends peers nothing, not even End-of-RIB.
 
 ExaBGP's events come back through the agent's queue (``BgpEvent`` messages to
 ``on_message``) into the per-peer table (``bgp.rib``), whose accepted routes go to the
@@ -40,18 +44,12 @@ from bgp.driver import DriverError, ExaBgpDriver, ProcessDown, ProcessUp
 from bgp.exabgp_config import ConfigRejected, Options, listen_addresses, render
 from bgp.rib import ERROR, ESTABLISHED, Rib
 from felix_py import model
+from felix_py.calc.routes import exported_prefixes, owned_blocks
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId, Kind, KeyLayout, KeyLayoutError
 from felix_py.dataplane.links import Links
 from felix_py.dataplane.manager import DataplaneError
 from felix_py.dataplane.netlink import Netlink, Route
-
-try:
-    from felix_py.calc.routes import exported_prefixes
-except ImportError:  # pragma: no cover  (only while the calc module is being written)
-    def exported_prefixes(store: Store) -> set[str]:
-        return {n for ep in store.local_endpoints.values() if ep.state == "active"
-                for n in (*ep.ipv4_nets, *ep.ipv6_nets)}
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +106,9 @@ class BgpManager:
         self._dump_routes = dump_routes or self._kernel_routes
         self._source_address = source_address or kernel_source_address
         self.plan = BgpPlan(self.hostname, enabled=False)
-        self.exported: frozenset[str] = frozenset()
+        self.own: frozenset[str] = frozenset()        # what the host may announce
+        self.blocks: frozenset[str] = frozenset()     # its IPAM blocks, announced whole
+        self.exported: frozenset[str] = frozenset()   # what it announces (announce())
         self.problems: tuple[str, ...] = ()
         self.key_errors: dict[str, str] = {}       # peer ip -> invalid peer key's error
         self.rejected: dict[str, str] = {}         # peer ip -> refused by exabgp_config
@@ -122,7 +122,7 @@ class BgpManager:
         self._first_apply = True
         self._dirty = True              # the plan changed: (re)configure ExaBGP
         self._learned_dirty = True      # the routes for the kernel may have changed
-        self._announce_dirty = True     # the prefixes to announce changed
+        self._announce_dirty = True     # the driver must be told (again) what to announce
         self.announcer = BgpAnnouncer(self)
 
     # -- datastore -----------------------------------------------------------------------
@@ -134,11 +134,11 @@ class BgpManager:
             self.rib.max_default_paths = self.ctx.config.bgp_max_default_routes
             self._dirty = True
         if changes.endpoints or changes.ipam or changes.bgp or self._first_apply:
-            exported = frozenset(exported_prefixes(store))
-            if exported != self.exported:
-                self.exported = exported
+            self.blocks = frozenset(owned_blocks(store))
+            own = frozenset(exported_prefixes(store))
+            if own != self.own:
+                self.own = own
                 self._dirty = True          # the import filter leaves out our own prefixes
-                self._announce_dirty = True
 
     def _peer_key_errors(self, store: Store) -> dict[str, str]:
         """Invalid peer keys that concern this host: reported as peers in state error."""
@@ -242,7 +242,7 @@ class BgpManager:
         running = {p.ip: p for p in plan.peers if p.ip not in self.rejected}
         errors = {**self.key_errors, **self.rejected}
         self.rib.set_peers({ip: p.peer_type for ip, p in running.items()}, errors, self.clock())
-        self.rib.set_own(self.exported, plan.own_addresses)
+        self.rib.set_own(self.own, plan.own_addresses)
         if plan != self._applied_plan:
             for problem in plan.problems:
                 log.warning("BGP: %s", problem)
@@ -253,13 +253,22 @@ class BgpManager:
         self._announce_dirty = True     # a driver closed meanwhile knows no announcements
 
     def announce(self) -> None:
-        """Hand the driver what this host announces and wait for ExaBGP to take it."""
-        if not (self._announce_dirty and self.plan.enabled):
+        """Hand the driver what this host announces and wait for ExaBGP to take it: its
+        blocks, and the workload addresses whose route is installed now.  Evaluated on every
+        batch, after the route manager has applied: a route it added or lost is announced or
+        withdrawn in the same batch."""
+        if not self.plan.enabled:
+            return
+        # Our routes to workloads; not a learned route kept from before a restart.
+        installed = {dst for dst, r in self.ctx.routes.actual.items() if not r.gateways}
+        exported = frozenset(p for p in self.own if p in self.blocks or p in installed)
+        if exported == self.exported and not self._announce_dirty:
             return
         try:
-            self.driver.set_routes(set(self.exported), wait=ACK_WAIT)
+            self.driver.set_routes(set(exported), wait=ACK_WAIT)
         except DriverError as e:
             raise DataplaneError(str(e)) from None
+        self.exported = exported
         self._announce_dirty = False
 
     # -- routes to the kernel ------------------------------------------------------------

@@ -1,12 +1,13 @@
 """What this host's routing should hold for its workloads, and what it announces (pure).
 
 - ``workload_state``: one link-scope route per address of every active local endpoint whose
-  interface exists, a permanent neighbour entry where the MAC is known, and a problem for
+  interface exists and is up, a permanent neighbour entry where the MAC is known, and a problem for
   every endpoint that cannot be served (inactive, no interface, an address already taken).
 - ``blackhole_routes``: a blackhole for every IPAM block this host owns, so an unused
   address in it is dropped here instead of looping between host and ToR.
-- ``exported_prefixes``: what BGP announces: owned blocks whole, plus /32s (/128s) of local
-  workloads outside them; with no IPAM blocks, one /32 per workload address.
+- ``exported_prefixes``: what BGP may announce: owned blocks whole, plus /32s (/128s) of
+  local workloads outside them; with no IPAM blocks, one /32 per workload address.  The BGP
+  manager announces such a /32 only while its route is installed (``bgp.manager``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def workload_state(local_endpoints: dict[EndpointId, model.Endpoint],
         info = link(ep.name)
         if info is None:
             out.problems[eid] = ("down", f"interface {ep.name} does not exist")
+            continue
+        if not info.up:
+            # The kernel holds no routes through a link that is down (the interface
+            # manager sets it up; its event brings the route back).
+            out.problems[eid] = ("down", f"interface {ep.name} is down")
             continue
         clash = [(n, owner[n]) for n in (*ep.ipv4_nets, *ep.ipv6_nets) if n in owner]
         if clash:

@@ -24,12 +24,12 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from felix_py.datastore.keys import EndpointId
+from felix_py.dataplane.interfaces import GATEWAY_V6
 
 log = logging.getLogger(__name__)
 
-HOST_MAC = "ee:ee:ee:ee:ee:ee"
+HOST_MAC = "ee:ee:ee:ee:ee:ee"      # gives the host end the link-local address GATEWAY_V6
 GATEWAY_V4 = "169.254.1.1"
-GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"          # the link-local address of HOST_MAC
 MAX_IFNAME = 15
 
 

@@ -5,6 +5,11 @@ For every active local endpoint whose interface exists: the link is set up, and 
 reverse-path filtering and, for IPv6, proxy NDP and forwarding are switched on.  Once per
 agent: IPv4 and IPv6 forwarding for the host.  Each interface is configured once per
 ifindex: a veth re-created under the same name is configured again.
+
+IPv6 has no proxy ARP that answers for any address: an endpoint with an IPv6 address gets a
+proxy NDP entry for its IPv6 gateway on its interface, so that the host answers the
+workload's neighbour solicitations for it, whatever MAC the host end has.  These entries
+are kept equal to the endpoints' gateways (added, moved, removed) while the agent runs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from felix_py.dataplane.netlink import Netlink
 
 log = logging.getLogger(__name__)
 
+# The IPv6 gateway of a workload whose endpoint names none: felix-cni's (and Calico's), the
+# link-local address that the host end's MAC ee:ee:ee:ee:ee:ee gives it.
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+GONE = (errno.ENOENT, errno.ENODEV)     # a proxy entry to delete is already gone, or its link
+
 HOST_SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/forwarding", "1"))
 
 
@@ -29,7 +39,19 @@ def interface_sysctls(name: str) -> list[tuple[str, str]]:
             (f"net/ipv4/neigh/{name}/proxy_delay", "0"),
             (f"net/ipv4/conf/{name}/rp_filter", "1"),
             (f"net/ipv6/conf/{name}/proxy_ndp", "1"),
+            (f"net/ipv6/neigh/{name}/proxy_delay", "0"),
             (f"net/ipv6/conf/{name}/forwarding", "1")]
+
+
+def proxied_gateways(store: Store, links: Links) -> dict[tuple[int, str], str]:
+    """(ifindex, IPv6 gateway) -> interface name, for every active local endpoint with an
+    IPv6 address whose interface exists."""
+    out = {}
+    for ep in store.local_endpoints.values():
+        info = links.get(ep.name) if ep.state == "active" and ep.ipv6_nets else None
+        if info is not None:
+            out[(info.index, ep.ipv6_gateway or GATEWAY_V6)] = ep.name
+    return out
 
 
 class ProcSys:
@@ -39,17 +61,21 @@ class ProcSys:
         self.root = root
 
     def write(self, path: str, value: str) -> None:
-        full = os.path.join(self.root, path)
+        """Set one value, unless it already holds it.  Plain file descriptors: Python's file
+        objects made a cold start of thousands of interfaces several times slower."""
+        data = value.encode()
         try:
-            with open(full, "r+") as f:
-                if f.read().strip() == value:
-                    return
-                f.seek(0)
-                f.write(value)
+            fd = os.open(os.path.join(self.root, path), os.O_RDWR)
         except FileNotFoundError:
             if "/ipv6/" in path:
                 return  # IPv6 disabled on this host or interface: nothing to switch on
             raise
+        try:
+            if os.read(fd, 64).strip() != data:
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, data)
+        finally:
+            os.close(fd)
 
 
 class InterfaceManager:
@@ -63,6 +89,8 @@ class InterfaceManager:
         self._done: dict[str, int] = {}                   # name -> ifindex configured
         self._failed: dict[str, str] = {}
         self._names: dict[str, EndpointId] = {}
+        self._proxies_want: dict[tuple[int, str], str] = {}   # (ifindex, gateway) -> name
+        self._proxies_have: dict[tuple[int, str], str] = {}
 
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
         for eid in changes.endpoints:
@@ -79,6 +107,8 @@ class InterfaceManager:
             info = links.get(name)
             if info is None or info.index != self._done[name]:
                 del self._done[name]
+        if changes.endpoints:
+            self._proxies_want = proxied_gateways(store, links)
 
     def apply(self) -> None:
         if not self._host_done:
@@ -87,12 +117,29 @@ class InterfaceManager:
             self._host_done = True
         todo = {n: v for n, v in self._want.items() if self._done.get(n) != v[0] or not v[1]}
         self._want = {}
-        if not todo:
+        proxies = [("replace", k, n) for k, n in self._proxies_want.items()
+                   if k not in self._proxies_have]
+        proxies += [("delete", k, n) for k, n in self._proxies_have.items()
+                    if k not in self._proxies_want]
+        if not (todo or proxies):
             return
         msgs = [(*self.nl.link_up_message(index), name) for name, (index, up) in todo.items()
                 if not up]
+        msgs += [(*self.nl.neigh_message(op, *key, None, proxy=True), (op, key))
+                 for op, key, _name in proxies]
         failed = self.nl.batch(msgs) if msgs else {}
         errors = {}
+        for op, key, name in proxies:
+            code = failed.get((op, key))
+            if not code or (op == "delete" and code in GONE):
+                if op == "replace":
+                    self._proxies_have[key] = name
+                    self._failed.pop(name, None)
+                else:
+                    self._proxies_have.pop(key)
+            elif code != errno.ENODEV:      # a link removed meanwhile: its event follows
+                errors[name] = (f"cannot {'add' if op == 'replace' else 'remove'} the proxy "
+                                f"NDP entry for gateway {key[1]} on {name}: errno {code}")
         for name, (index, _up) in todo.items():
             if failed.get(name) == errno.ENODEV:
                 continue  # removed meanwhile; its link event follows
@@ -112,7 +159,7 @@ class InterfaceManager:
         self._failed.update(errors)
         if errors:
             # Keep them wanted so the next apply tries again.
-            self._want.update({n: todo[n] for n in errors})
+            self._want.update({n: todo[n] for n in errors if n in todo})
             raise DataplaneError("; ".join(list(errors.values())[:3]))
 
     def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:

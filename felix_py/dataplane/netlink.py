@@ -29,7 +29,7 @@ IFLA_ADDRESS, IFLA_IFNAME = 1, 3
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
-NUD_PERMANENT = 0x80
+NUD_PERMANENT, NTF_PROXY = 0x80, 0x08
 IFF_UP = 0x1
 RTMGRP_LINK, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x40, 0x400
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
@@ -140,14 +140,18 @@ class Netlink:
                 body += _attr(RTA_MULTIPATH, hops)
         return self._message(msg_type, flags, body)
 
-    def neigh_message(self, op: str, ifindex: int, ip: str, mac: str | None) -> tuple[int, bytes]:
+    def neigh_message(self, op: str, ifindex: int, ip: str, mac: str | None,
+                      proxy: bool = False) -> tuple[int, bytes]:
+        """A permanent neighbour entry, or with ``proxy`` a proxy entry (the host answers
+        neighbour solicitations for ``ip`` on the link, as ``ip neigh add proxy``)."""
         addr = ipaddress.ip_address(ip)
         family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
         if op == "replace":
             msg_type, flags = RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
         else:
             msg_type, flags = RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK
-        body = _NDMSG.pack(family, ifindex, NUD_PERMANENT, 0, 0) + _attr(NDA_DST, addr.packed)
+        body = _NDMSG.pack(family, ifindex, NUD_PERMANENT, NTF_PROXY if proxy else 0, 0)
+        body += _attr(NDA_DST, addr.packed)
         if mac and op == "replace":
             body += _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
         return self._message(msg_type, flags, body)
@@ -300,6 +304,11 @@ def parse_route(payload: bytes, proto: int = 0) -> tuple[int, Route] | None:
     kind = "blackhole" if rtype == RTN_BLACKHOLE else "unicast"
     if kind == "blackhole" or len(gateways) > 1:
         oif = None
+    if family == socket.AF_INET6 and kind == "unicast" and oif and not gateways:
+        # IPv6 routes have no scope: the kernel reports every one as universe.  A route to
+        # a device alone is what this agent writes as a link-scope route; read it back as
+        # one, or a restart would rewrite every IPv6 workload route.
+        scope = RT_SCOPE_LINK
     return rproto, Route(dst, oif, gateways, kind,
                          "link" if scope == RT_SCOPE_LINK else "universe")
 

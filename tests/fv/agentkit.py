@@ -1,6 +1,9 @@
-"""Reading an agent's HTTP endpoints from inside its namespace."""
+"""Watching an agent from inside its namespace: its HTTP endpoints, its route events."""
 
+import subprocess
 import sys
+import threading
+import time
 
 _GET = """import sys, urllib.error, urllib.request
 try:
@@ -22,3 +25,22 @@ def metric(ns, port: int, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
+
+
+def route_events_during(ns, action, family: str = "-4") -> list[str]:
+    """The route events (``ip -o monitor route`` lines) the kernel reports while
+    ``action`` runs, and for a second after."""
+    mon = subprocess.Popen(ns.exec_argv(["ip", "-o", family, "monitor", "route"]),
+                           stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(mon.stdout), daemon=True)
+    reader.start()
+    try:
+        time.sleep(0.3)
+        action()
+        time.sleep(1.0)
+    finally:
+        mon.terminate()
+        mon.wait(5)
+        reader.join(5)
+    return lines

@@ -176,6 +176,26 @@ def test_downward_default_fabric(netns_factory, workload_factory, registry, clie
                   and s.sent == 1 and s, 10, what="h2's status for tor2, converged")
     assert st.peer_type == "tor" and st.accepted == 1 and st.sent == 1 and st.since
 
+    # A workload is announced only while its route is installed: registered before its
+    # interface exists (or left registered after its container died), traffic for it would
+    # reach h1, find no route and follow the default back up to the ToR.
+    registry.register_endpoint(eid("h1", "w5"), {"name": "caliw5",
+                                                 "ipv4_nets": ["10.65.1.5/32"],
+                                                 "profile_ids": [open_profile]})
+    wait_for(lambda: (s := registry.endpoint_status(eid("h1", "w5"))) and s.status == "down",
+             10, what="h1's agent reports w5 without its interface")
+    time.sleep(1)
+    assert "10.65.1.5/32" not in bird_tor1.routes()
+    assert "10.65.1.5/32" not in bird_core.routes()
+    wns["w5"] = workload_factory(hosts["h1"], "w5", "caliw5", "10.65.1.5")
+    wait_for(lambda: bird_core.routes().get("10.65.1.5/32") == {"10.0.1.2"}, 10,
+             what="core routes w5 once its interface exists")
+    assert wns["w4"].ping("10.65.1.5", count=2)
+    wns.pop("w5").delete()                  # the container dies, still registered
+    wait_for(lambda: "10.65.1.5/32" not in bird_core.routes(), 10,
+             what="core drops w5 once its interface is gone")
+    assert "10.65.1.5/32" not in bird_tor1.routes()
+
     # ExaBGP killed: it comes back, and the fabric never loses the host's routes.
     old = running["h1"].exabgp_pid()
     assert old

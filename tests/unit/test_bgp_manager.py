@@ -1,5 +1,5 @@
-"""bgp.manager against a state fake of the driver: plan, announcements, learned routes,
-status."""
+"""bgp.manager against state fakes of the driver and the route manager: plan,
+announcements, learned routes, status."""
 
 from types import SimpleNamespace
 
@@ -10,6 +10,7 @@ from felix_py import config, model
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId, KeyLayout
 from felix_py.dataplane.netlink import Route
+from felix_py.ipam.blocks import new_block
 
 
 class FakeDriver:
@@ -25,6 +26,7 @@ class FakeDriver:
         self.restarts, self.last_error = 0, None
         self.helper_argv = ("/usr/bin/python3", "-m", "bgp.bridge", f"{run_dir}/api.sock")
         self.configures = 0
+        self.told = 0                   # set_routes calls: the first one lets End-of-RIB go
 
     def configure(self, text, families, listen=()):
         if text != self.config:
@@ -34,17 +36,25 @@ class FakeDriver:
 
     def set_routes(self, prefixes, wait=None):
         self.announced = frozenset(prefixes)
+        self.told += 1
 
     def close(self):
         self.state = State.CLOSED
 
 
 class FakeRoutes:
+    """The route manager: the sources it is handed, and the routes it has installed."""
+
     def __init__(self):
         self.sources = {}
+        self.actual = {}
 
     def set_source_routes(self, source, routes):
         self.sources[source] = dict(routes)
+
+    def install(self, *dsts):
+        """What its apply does once the workload's interface exists."""
+        self.actual.update({d: Route(d, oif=7, scope="link") for d in dsts})
 
 
 def make(tmp_path, inherited=None):
@@ -86,6 +96,7 @@ def turn(m, posted, store=None, changes=ALL):
 
 def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
     m, ctx, posted = make(tmp_path)
+    ctx.routes.install("10.65.0.1/32")
     turn(m, posted, store_with([("10.1.0.1", 65101), ("10.2.0.1", 65102)]))
     d = m.driver
     assert d.announced == {"10.65.0.1/32"}
@@ -112,6 +123,7 @@ def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
 
 def test_exabgp_is_configured_first_and_told_the_announcements_last(tmp_path):
     m, ctx, posted = make(tmp_path)
+    ctx.routes.install("10.65.0.1/32")
     m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
     m.apply()                   # first of the agent's managers: ExaBGP starts meanwhile
     assert "neighbor 10.1.0.1 {" in m.driver.config
@@ -122,11 +134,50 @@ def test_exabgp_is_configured_first_and_told_the_announcements_last(tmp_path):
 
 def test_endpoint_changes_are_diffs_and_do_not_restart_exabgp(tmp_path):
     m, ctx, posted = make(tmp_path)
+    ctx.routes.install("10.65.0.1/32", "10.65.0.2/32")
     turn(m, posted, store_with([("10.1.0.1", 65101)]))
     turn(m, posted, store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.65.0.2/32")),
          Changes(endpoints={None}))
     assert m.driver.announced == {"10.65.0.1/32", "10.65.0.2/32"}
     assert m.driver.configures == 1
+
+
+NO_CHANGES = Changes()
+
+
+def test_a_workload_is_announced_only_while_its_route_is_installed(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    # Registered, but its interface does not exist: the route manager installed nothing.
+    turn(m, posted, store_with([("10.1.0.1", 65101)]))
+    assert m.driver.announced == frozenset()
+    assert m.driver.told == 1       # announced nothing, but announced: End-of-RIB may go
+    # Its interface appears: a link event, the route is installed in that batch.
+    ctx.routes.install("10.65.0.1/32")
+    turn(m, posted, changes=NO_CHANGES)
+    assert m.driver.announced == {"10.65.0.1/32"}
+    # The interface is deleted, taking the route with it: withdrawn in that batch.
+    del ctx.routes.actual["10.65.0.1/32"]
+    turn(m, posted, changes=NO_CHANGES)
+    assert m.driver.announced == frozenset()
+    # A learned route kept from before a restart is not ours to announce.
+    ctx.routes.actual["10.65.0.1/32"] = Route("10.65.0.1/32", oif=2, gateways=("10.1.0.9",))
+    turn(m, posted, changes=NO_CHANGES)
+    assert m.driver.announced == frozenset()
+    assert m.driver.configures == 1
+
+
+def test_owned_blocks_are_announced_whole_whatever_is_installed(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    s = store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.70.0.9/32"))
+    s.blocks["10.65.0.0/26"] = new_block("10.65.0.0/26", "h1", False)
+    s.blocks["10.65.0.64/26"] = new_block("10.65.0.64/26", "h2", False)   # another host's
+    turn(m, posted, s)
+    # The block has a blackhole route for its unused addresses; the workload outside it
+    # has no route yet.
+    assert m.driver.announced == {"10.65.0.0/26"}
+    ctx.routes.install("10.65.0.1/32", "10.70.0.9/32")
+    turn(m, posted, changes=NO_CHANGES)
+    assert m.driver.announced == {"10.65.0.0/26", "10.70.0.9/32"}
 
 
 def test_exabgp_death_keeps_learned_routes_until_the_restart_time(tmp_path):

@@ -7,7 +7,10 @@ prefix, so tests can tell a conflict that is left alone from one that is retried
 """
 
 import errno
+import ipaddress
 import logging
+import socket
+import struct
 from collections import Counter
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from felix_py.calc.store import Store
 from felix_py.dataplane.links import LinkInfo, LinkUpdate, Links
 from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane import netlink as nl
 from felix_py.dataplane.netlink import Route
 from felix_py.dataplane.routes import RouteManager
 from policy.testing import Feeder
@@ -227,3 +231,20 @@ def test_a_holder_gone_before_it_could_be_named_is_an_ordinary_failure(world, ke
     del kernel.fail["10.65.0.1/32"]
     mgr.apply()
     assert ours(kernel, "10.65.0.1/32")
+
+
+def test_an_ipv6_device_route_reads_back_as_the_link_route_written():
+    """The kernel keeps no scope for IPv6 routes and dumps every one as universe; read as
+    such, every IPv6 workload route would differ from the wanted one and be rewritten at
+    each restart."""
+    def dumped(*attrs):
+        body = nl._RTMSG.pack(socket.AF_INET6, 128, 0, 0, nl.RT_TABLE_MAIN, PROTO,
+                              nl.RT_SCOPE_UNIVERSE, nl.RTN_UNICAST, 0)
+        return body + b"".join(nl._attr(k, v) for k, v in attrs)
+    dst = (nl.RTA_DST, ipaddress.ip_address("fd00::5").packed)
+    oif = (nl.RTA_OIF, struct.pack("=i", 7))
+    gw = (nl.RTA_GATEWAY, ipaddress.ip_address("fd00::1").packed)
+    assert nl.parse_route(dumped(dst, oif), PROTO) == \
+        (PROTO, Route("fd00::5/128", oif=7, scope="link"))
+    assert nl.parse_route(dumped(dst, oif, gw), PROTO) == \
+        (PROTO, Route("fd00::5/128", oif=7, gateways=("fd00::1",)))

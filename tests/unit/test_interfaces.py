@@ -1,0 +1,120 @@
+"""The interface manager's proxy NDP entries against a state fake of the kernel.
+
+The fake holds proxy entries as (ifindex, address), refuses an address listed in ``fail``
+with that errno, and answers ENODEV for an interface that is gone (whose entries the
+kernel removed with it), as the kernel does.
+"""
+
+import errno
+
+import pytest
+
+from felix_py.calc.store import Changes, Store
+from felix_py.dataplane.interfaces import GATEWAY_V6, InterfaceManager
+from felix_py.dataplane.links import LinkInfo, LinkUpdate, Links
+from felix_py.dataplane.manager import DataplaneError
+from policy.testing import Feeder
+
+H = "host-a"
+
+
+class FakeNetlink:
+    def __init__(self):
+        self.proxies: set[tuple[int, str]] = set()
+        self.gone: set[int] = set()
+        self.fail: dict[str, int] = {}
+        self.sent: list = []
+
+    def link_up_message(self, index):
+        return 0, b""
+
+    def neigh_message(self, op, ifindex, ip, mac, proxy=False):
+        assert proxy and mac is None
+        return 0, b""
+
+    def batch(self, msgs):
+        failed = {}
+        for _seq, _data, tag in msgs:
+            if isinstance(tag, str):
+                continue                    # a link set up
+            self.sent.append(tag)
+            op, (index, ip) = tag
+            code = errno.ENODEV if index in self.gone else self.fail.get(ip)
+            if not code and op == "delete" and (index, ip) not in self.proxies:
+                code = errno.ENOENT
+            if code:
+                failed[tag] = code
+            elif op == "replace":
+                self.proxies.add((index, ip))
+            else:
+                self.proxies.discard((index, ip))
+        return failed
+
+    def remove_link(self, index):
+        self.gone.add(index)
+        self.proxies = {p for p in self.proxies if p[0] != index}
+
+
+class FakeSysctl:
+    def __init__(self):
+        self.values: dict[str, str] = {}
+
+    def write(self, path, value):
+        self.values[path] = value
+
+
+@pytest.fixture
+def world():
+    """(manager, kernel, feeder, links, apply); cali1 and cali2 exist."""
+    store, links, kernel = Store(H), Links(), FakeNetlink()
+    for i in (1, 2):
+        links.apply(LinkUpdate(f"cali{i}", LinkInfo(10 + i, f"cali{i}", True, None)))
+    mgr = InterfaceManager(netlink=kernel, sysctl=FakeSysctl())
+
+    def apply():
+        mgr.on_changes(store, store.drain(), links)
+        mgr.apply()
+    return mgr, kernel, Feeder(store), links, apply
+
+
+def test_an_ipv6_endpoint_gets_a_proxy_entry_for_its_gateway_kept_in_line(world):
+    mgr, kernel, feed, _links, apply = world
+    ep = {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"], "ipv6_nets": ["fd00::1/128"]}
+    feed.endpoint(H, "w1", ep)
+    feed.endpoint(H, "w2", {"name": "cali2", "ipv4_nets": ["10.65.0.2/32"]})
+    apply()
+    assert kernel.proxies == {(11, GATEWAY_V6)}         # none for the IPv4-only endpoint
+    assert mgr.sysctl.values["net/ipv6/conf/cali1/proxy_ndp"] == "1"
+    assert mgr.sysctl.values["net/ipv6/neigh/cali1/proxy_delay"] == "0"
+
+    feed.endpoint(H, "w1", {**ep, "ipv6_gateway": "fe80::1"})
+    apply()
+    assert kernel.proxies == {(11, "fe80::1")}
+
+    feed.endpoint(H, "w1", {**ep, "state": "inactive"})
+    apply()
+    assert kernel.proxies == set()
+
+
+def test_a_refused_entry_is_reported_and_retried_and_a_gone_link_forgotten(world):
+    mgr, kernel, feed, links, apply = world
+    w1 = feed.endpoint(H, "w1", {"name": "cali1", "ipv6_nets": ["fd00::1/128"]})
+    kernel.fail[GATEWAY_V6] = errno.EPERM
+    with pytest.raises(DataplaneError, match="proxy NDP entry"):
+        apply()
+    state, reason = mgr.endpoint_problems()[w1]
+    assert state == "error" and GATEWAY_V6 in reason and "cali1" in reason
+
+    del kernel.fail[GATEWAY_V6]
+    mgr.on_changes(feed.store, Changes(), links)        # the agent's retry after backoff
+    mgr.apply()
+    assert kernel.proxies == {(11, GATEWAY_V6)} and w1 not in mgr.endpoint_problems()
+
+    # The veth goes, taking its entry; the endpoint stays registered.
+    kernel.remove_link(11)
+    links.apply(LinkUpdate("cali1", None))
+    mgr.on_changes(feed.store, Changes(endpoints={w1}), links)
+    mgr.apply()
+    sent = len(kernel.sent)
+    mgr.apply()
+    assert len(kernel.sent) == sent, "an entry that went with its link is sent again"
