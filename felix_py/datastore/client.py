@@ -36,6 +36,10 @@ STATE_DIR = os.environ.get("FELIX_STATE_DIR", "/run/felix-py")
 EMBEDDED_RECORD = os.path.join(STATE_DIR, "etcd-endpoint")
 
 
+def _items(resp) -> list[tuple[str, bytes, int]]:
+    return [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision) for kv in resp.kvs]
+
+
 class DatastoreError(Exception):
     """Base of the datastore's errors."""
 
@@ -201,20 +205,20 @@ class EtcdClient:
         start = to_bytes(prefix)
         end = prefix_range_end(start)
         limit = min(FIRST_PAGE_SIZE, page)
+        resp = self._range_page(start, end, limit, revision)
+        revision = resp.header.revision if revision is None else revision
+        if not (resp.more and resp.kvs):        # one page: no helper thread
+            yield _items(resp), revision
+            return
         with ThreadPoolExecutor(1, thread_name_prefix="etcd-page") as pool:
-            pending = pool.submit(self._range_page, start, end, limit, revision)
-            while True:
-                resp = pending.result()
-                revision = resp.header.revision if revision is None else revision
-                more = resp.more and len(resp.kvs) > 0
-                if more:
+            while resp is not None:
+                pending = None
+                if resp.more and resp.kvs:
                     limit = min(limit * 2, page)
                     pending = pool.submit(self._range_page, resp.kvs[-1].key + b"\0", end,
                                           limit, revision)
-                yield [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision)
-                       for kv in resp.kvs], revision
-                if not more:
-                    return
+                yield _items(resp), revision
+                resp = pending.result() if pending is not None else None
 
     def _range_page(self, start: bytes, end: bytes, limit: int, revision: int | None):
         return self._call(self._raw.get_range_response, start, end, limit=limit,
