@@ -260,8 +260,9 @@ class BgpManager:
         if not self.plan.enabled:
             return
         # Our routes to workloads; not a learned route kept from before a restart.
-        installed = {dst for dst, r in self.ctx.routes.actual.items() if not r.gateways}
-        exported = frozenset(p for p in self.own if p in self.blocks or p in installed)
+        actual = self.ctx.routes.actual
+        exported = frozenset(p for p in self.own if p in self.blocks
+                             or (p in actual and not actual[p].gateways))
         if exported == self.exported and not self._announce_dirty:
             return
         try:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from felix_py.calc import routes as calc
 from felix_py.calc.store import Changes, Store
@@ -88,8 +89,10 @@ class RouteManager:
         return problems
 
     @property
-    def actual(self) -> dict[str, Route]:
-        return dict(self._actual or {})
+    def actual(self) -> Mapping[str, Route]:
+        """The routes with our protocol in the kernel, as last applied: a read-only view,
+        not a copy (the agent and the BGP announcer look at it every batch)."""
+        return MappingProxyType(self._actual if self._actual is not None else {})
 
     @property
     def conflicts(self) -> dict[str, Conflict]:
