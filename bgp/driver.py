@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import enum
+import json
 import logging
 import os
 import queue
@@ -45,7 +46,7 @@ from typing import Callable, Sequence
 
 from bgp import api
 from bgp.exabgp_config import environment
-from bgp.launcher import WARNING_TAG
+from bgp.launcher import SPARE_FLAG, WARNING_TAG
 
 log = logging.getLogger(__name__)
 exabgp_log = logging.getLogger("bgp.exabgp")
@@ -81,6 +82,44 @@ def launcher_argv() -> list[str]:
     return [sys.executable, "-m", "bgp.launcher"]
 
 
+class Spare:
+    """ExaBGP started ahead of its configuration: the launcher imports ExaBGP (about 0.3 s)
+    while the agent reads the datastore, then waits for what to run.  The first process the
+    driver starts is this one, if it is still alive; later ones start from scratch."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = subprocess.Popen(
+            launcher_argv() + [SPARE_FLAG], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def take(self, argv: list[str], env: dict[str, str], cwd: str) -> subprocess.Popen | None:
+        """The waiting process, told to run ExaBGP with ``argv`` in ``cwd``, its environment
+        updated with ``env``; None if it is gone (or was taken)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return None
+        try:
+            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:
+            proc.kill()
+            proc.wait()
+            return None
+        return proc
+
+    def close(self) -> None:
+        """Let an unused spare go (end of input makes it exit)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.stdin.close()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
 class _Session:
     """One running ExaBGP process and its API connection."""
 
@@ -102,11 +141,12 @@ class ExaBgpDriver:
                  exabgp: str | None = None, wrap: Sequence[str] = (),
                  ack_timeout: float = 15.0, connect_timeout: float = 15.0,
                  backoff: tuple[float, float] = (0.5, 30.0), healthy_after: float = 60.0,
-                 log_level: str = "WARNING"):
+                 log_level: str = "WARNING", spare: Spare | None = None):
         self.run_dir = run_dir
         self.on_event = on_event
         # A configured executable runs as it is; by default ExaBGP runs through our launcher.
         self.command = [exabgp] if exabgp else launcher_argv()
+        self._spare = spare if not (exabgp or wrap) else None
         self.wrap = list(wrap)                 # e.g. ["ip", "netns", "exec", NS] in tests
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
@@ -192,6 +232,9 @@ class ExaBgpDriver:
             self._tasks.put(("close",))
             self._thread.join(timeout)
             self._thread = None
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
         with self._lock:
             self._config = None       # a later configure() starts afresh
             self._desired = None
@@ -270,15 +313,20 @@ class ExaBgpDriver:
             log.error("%s", self.last_error)
             return False
         listener.settimeout(0.1)
-        env = dict(os.environ)
-        env.update(environment(self.env_path, self.log_level, self._listen))
+        settings = environment(self.env_path, self.log_level, self._listen)
         self._generation += 1
         self.state = State.STARTING
+        spare, self._spare = self._spare, None
         try:
-            proc = subprocess.Popen(self.wrap + self.command + [self.config_path], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                    cwd=self.run_dir)
+            # ExaBGP read EXABGP_ENVFILE when it was imported: name the file on its command line.
+            proc = spare.take(["--env-file", self.env_path, self.config_path], settings,
+                              self.run_dir) if spare else None
+            if proc is None:
+                proc = subprocess.Popen(self.wrap + self.command + [self.config_path],
+                                        env={**os.environ, **settings},
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                        cwd=self.run_dir)
         except OSError as e:
             listener.close()
             self.last_error = f"cannot start {self.command[0]}: {e.strerror}"

@@ -14,6 +14,11 @@ ExaBGP from 1.4 s to 0.8 s to start and announce 5,000 routes (``docs/bgp.md``, 
   messages of its own.  50 makes 100 turns and 100 small UPDATEs of 5,000 routes; 500
   makes 10, and holds the reactor for a few tens of milliseconds at most.
 
+``python -m bgp.launcher --spare`` is the same, started before its configuration exists
+(``bgp.driver.Spare``): it imports ExaBGP, which is most of its start-up time, then waits
+for one JSON line on stdin, ``{"argv": [...], "env": {...}, "cwd": "..."}``, and runs
+ExaBGP with those; end of input without a line makes it exit.
+
 Each change is made only over what it was written for: the source of
 ``Neighbor.remove_self`` must be exactly ``ORIGINAL`` and the limit ``EXABGP_API_STEPS``
 (pyproject pins the ExaBGP versions this was checked against).  Otherwise that part is left
@@ -24,11 +29,13 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import sys
 import textwrap
 
 WARNING_TAG = "felix-py launcher:"
+SPARE_FLAG = "--spare"
 
 ORIGINAL = """\
 def remove_self(self, changes):
@@ -100,10 +107,19 @@ def _raise_api_steps() -> str | None:
 def main() -> None:
     # ExaBGP finds its installation root from argv[0]: make it the exabgp command's.
     sys.argv[0] = exabgp_script()
-    for problem in install():
+    problems = install()
+    from exabgp.application.main import main as exabgp_main
+    if sys.argv[1:] == [SPARE_FLAG]:
+        line = sys.stdin.readline()
+        if not line:
+            sys.exit(0)             # the agent did not need it
+        orders = json.loads(line)
+        os.environ.update(orders["env"])
+        os.chdir(orders["cwd"])
+        sys.argv[1:] = orders["argv"]
+    for problem in problems:
         print(f"{WARNING_TAG} {problem}; left as it is (announcing thousands of routes is "
               "slower)", file=sys.stderr, flush=True)
-    from exabgp.application.main import main as exabgp_main
     sys.exit(exabgp_main())
 
 

@@ -101,7 +101,8 @@ class BgpManager:
         self.run_dir = run_dir or tempfile.mkdtemp(prefix=f"felix-bgp-{self.hostname[:20]}-")
         level = "INFO" if ctx.config.log_level == "DEBUG" else "WARNING"
         make = driver_factory or (lambda **kw: ExaBgpDriver(
-            exabgp=ctx.config.exabgp_path or None, log_level=level, **kw))
+            exabgp=ctx.config.exabgp_path or None, log_level=level, spare=ctx.exabgp_spare,
+            **kw))
         self.driver = make(run_dir=self.run_dir, on_event=lambda e: ctx.post(BgpEvent(e)))
         self._dump_routes = dump_routes or self._kernel_routes
         self._source_address = source_address or kernel_source_address
@@ -223,7 +224,8 @@ class BgpManager:
         if not plan.enabled:
             if self._applied_plan is not None and self._applied_plan.enabled:
                 log.info("BGP disabled on this host: %s", "; ".join(plan.problems))
-                self.driver.close()
+            if self._applied_plan is None or self._applied_plan.enabled:
+                self.driver.close()     # with the spare ExaBGP, unused, on a first apply
             self.rib.set_peers({}, {}, self.clock())
             self._applied_plan = plan
             self._dirty = False

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from bgp.driver import Spare
 from bgp.manager import BgpManager
 from felix_py import __version__
 from felix_py import config as config_mod
@@ -53,16 +54,24 @@ class Context:
     routes: RouteManager
     client: EtcdClient
     layout: KeyLayout
+    exabgp_spare: Spare | None = None
 
 
 def build_managers(ctx: Context) -> list:
-    """Every dataplane manager, in apply order.  BGP first: ExaBGP starts (or is
-    reconfigured) while the rest is programmed, and the route manager gets the learned routes
-    (and those found at start, kept until the peers resend them).  Interfaces; policy before
-    routes, so that a workload's chains are enforced before its route makes it reachable;
-    BGP's announcements last, once the routes they advertise are in place."""
+    """Every dataplane manager, in apply order (``docs/design.md``, "Apply order"):
+
+    - BGP: ExaBGP starts (or is reconfigured) while the rest is programmed, and the route
+      manager gets the learned routes (and those found at start, kept until the peers
+      resend them);
+    - the policy guard: on a host without felix-py's chains, their skeleton first, which
+      drops all traffic to and from workload interfaces that have no chains of their own;
+    - routes, then BGP's announcements of the routes that are in place;
+    - interfaces (proxy ARP and NDP for the workloads' gateway) and the endpoints' policy
+      chains, while the fabric learns the routes.  A workload whose route is installed
+      before its chains has its traffic dropped by the skeleton until they are written."""
     bgp = BgpManager(ctx)
-    return [bgp, InterfaceManager(), PolicyManager.from_ctx(ctx), ctx.routes, bgp.announcer]
+    policy = PolicyManager.from_ctx(ctx)
+    return [bgp, policy.guard, ctx.routes, bgp.announcer, InterfaceManager(), policy]
 
 
 class Agent:
@@ -84,6 +93,7 @@ class Agent:
                                      cfg.reporting_interval_secs, cfg.reporting_ttl_secs)
         self.managers: list = []
         self.ctx: Context | None = None
+        self.spare: Spare | None = None
         self.in_sync = False
         self._stopping = False
         self._retry_at: float | None = None
@@ -107,6 +117,12 @@ class Agent:
         if self.config.health_port:
             self._http = serve(self.health, self.metrics, self.config.health_host,
                                self.config.health_port)
+        if not self.config.exabgp_path:
+            # ExaBGP imports itself while the datastore is read (bgp.driver.Spare).
+            try:
+                self.spare = Spare()
+            except OSError as e:
+                log.warning("cannot start ExaBGP ahead of its configuration: %s", e)
         self.link_monitor.start()
         self.syncer.start()
         self.status.start()
@@ -147,9 +163,7 @@ class Agent:
             self._reload_config()
         retry_due = self._retry_at is not None and time.monotonic() >= self._retry_at
         if changes or manager_msgs or retry_due or not self.health.applied:
-            for m in self.managers:
-                m.on_changes(self.store, changes, self.links)
-            self._apply()
+            self._apply(changes)
             self._status_dirty = True
         if self._status_dirty:
             self._publish_status()
@@ -184,7 +198,7 @@ class Agent:
         self._reload_config(first=True)
         routes = RouteManager(self.config.route_protocol, post=self.post)
         self.ctx = Context(self.config, self.hostname, self.post, routes, self.client,
-                           self.layout)
+                           self.layout, self.spare)
         self.managers = build_managers(self.ctx)
         # The first on_changes must see everything, not just what changed since start.
         everything = Changes(endpoints=set(self.store.endpoints) | set(self.store.endpoint_errors),
@@ -209,10 +223,16 @@ class Agent:
         if self.ctx is not None:
             self.ctx.config = new
 
-    def _apply(self) -> None:
+    def _apply(self, changes: Changes) -> None:
+        """Each manager in turn works out what changed and applies it, so that ExaBGP
+        starts, and routes are announced, before the later managers have even computed
+        their work."""
         t0 = time.monotonic()
         ok = True
+        took = []
         for m in self.managers:
+            t = time.monotonic()
+            m.on_changes(self.store, changes, self.links)
             try:
                 m.apply()
             except DataplaneError as e:
@@ -223,13 +243,14 @@ class Agent:
                 ok = False
                 self.metrics.errors.labels(m.name).inc()
                 log.exception("%s failed to apply; will retry", m.name)
+            took.append(f"{m.name} {time.monotonic() - t:.3f}s")
         elapsed = time.monotonic() - t0
         self.metrics.apply_seconds.observe(elapsed)
         self.metrics.routes.set(len(self.ctx.routes.actual))
         self.metrics.route_conflicts.set(len(self.ctx.routes.conflicts))
         if ok:
             if not self.health.applied:
-                log.info("first apply done in %.3fs; ready", elapsed)
+                log.info("first apply done in %.3fs; ready (%s)", elapsed, ", ".join(took))
             self.health.applied = True
             self._retry_at, self._backoff = None, 0.5
         else:
@@ -281,6 +302,8 @@ class Agent:
                 m.close()
             except Exception:
                 log.exception("closing %s", m.name)
+        if self.spare is not None:
+            self.spare.close()
         if self._http:
             self._http.shutdown()
 

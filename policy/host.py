@@ -145,7 +145,7 @@ class HostPolicy:
         self._set_of: dict[str, tuple[str, str, int]] = {}     # set name -> (kind, key, family)
         self._sel_members: dict[str, set[EndpointId]] = {}     # selector -> endpoints in it
         for family in self.families:
-            for chain, rules in self._static_chains(family).items():
+            for chain, rules in self.skeleton(family).items():
                 self._put_chain(family, chain, rules)
 
     # -- public ---------------------------------------------------------------------------
@@ -420,7 +420,9 @@ class HostPolicy:
             for chain, rules in tree.update(ifaces).items():
                 self._put_chain(family, chain, rules)
 
-    def _static_chains(self, family: int) -> dict:
+    def skeleton(self, family: int) -> dict:
+        """The chains that do not depend on endpoints: the hooks' targets, traffic to the
+        host, and the dispatch roots, which drop everything until endpoints are added."""
         s = self.settings
         wl = [f"-i {p}+" for p in s.interface_prefixes]
         to_wl = [f"-o {p}+" for p in s.interface_prefixes]

@@ -226,16 +226,32 @@ class IptablesTable:
         self.family = family
         self.backend = backend or RestoreBackend(family)
         self.state: TableState | None = None    # None: read the kernel before the next apply
+        self._reconcile = True                  # the next apply reconciles in full
         self.last_batch_lines = 0
 
     def refresh(self) -> None:
         """Forget what we believe the table holds: the next apply reads and reconciles."""
         self.state = None
+        self._reconcile = True
+
+    def ensure(self, chains: dict[str, tuple[str, ...]]) -> None:
+        """Create those of ``chains`` that do not exist and put the hooks in place, changing
+        nothing else: a chain that exists keeps its rules.  The next apply still reconciles
+        in full (without reading the table again)."""
+        state = parse_save(self.backend.save())
+        new_state = _copy(state)
+        lines = list(render_iter(chains, {c for c in chains if c not in state.chains}, state,
+                                 new_state))
+        if lines:
+            self.backend.restore(["*filter", *lines, "COMMIT"])
+        self.state, self._reconcile = new_state, True
 
     def apply(self, desired: dict[str, tuple[str, ...]], dirty: set[str]) -> None:
-        full = self.state is None
+        full = self._reconcile or self.state is None
         if full:
-            self.state = parse_save(self.backend.save())
+            if self.state is None:
+                self.state = parse_save(self.backend.save())
+            self._reconcile = False
             dirty = set(desired) | set(self.state.chains)
             stale = sorted(c for c in self.state.chains if c not in desired)
             if stale:
@@ -256,6 +272,6 @@ class IptablesTable:
         try:
             self.backend.restore(itertools.chain(("*filter",), counted(), ("COMMIT",)))
         except IptablesError:
-            self.state = None     # we no longer know what the table holds
+            self.refresh()        # we no longer know what the table holds
             raise
         self.state = new_state

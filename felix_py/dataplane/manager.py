@@ -1,12 +1,18 @@
 """The contract between the agent's main loop and each dataplane manager.
 
-Per batch of datastore (or link) changes the agent calls, in order:
+Per batch of datastore (or link) changes the agent takes each manager in turn, in the
+order of ``agent.build_managers``, and calls:
 
-1. ``on_changes(store, changes, links)`` on every manager: recompute the desired state of
-   what changed (pure work, no kernel) and mark it dirty;
-2. ``apply()`` on every manager: bring the kernel (or ExaBGP) in line with the desired
-   state in as few calls as possible.  A manager raises ``DataplaneError`` when it could not;
-   the agent logs it, counts it, and calls ``apply()`` again after a short backoff.
+1. ``on_changes(store, changes, links)``: recompute the desired state of what changed (pure
+   work, no kernel) and mark it dirty;
+2. ``apply()``: bring the kernel (or ExaBGP) in line with the desired state in as few calls
+   as possible.  A manager raises ``DataplaneError`` when it could not; the agent logs it,
+   counts it, goes on with the next manager, and calls ``apply()`` again after a short
+   backoff.
+
+A manager's ``apply`` runs before the next manager's ``on_changes``, so that the first ones
+(ExaBGP's configuration, routes, announcements) take effect without waiting for the later
+ones' computation.
 
 ``on_changes`` is never called before the first snapshot is in sync, so the first
 ``apply()`` sees the whole datastore and can reconcile (remove only what is ours and stale).

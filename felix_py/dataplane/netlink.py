@@ -314,12 +314,26 @@ def parse_route(payload: bytes, proto: int = 0) -> tuple[int, Route] | None:
 
 
 def parse_link(payload: bytes) -> tuple[int, str, bool, str | None] | None:
-    """An RTM_NEWLINK/DELLINK payload -> (index, name, admin up, mac)."""
+    """An RTM_NEWLINK/DELLINK payload -> (index, name, admin up, mac).  Reads attributes only
+    until it has the name and the address: a link's message carries dozens more, and a
+    host's start parses thousands."""
     _family, _type, index, flags, _change = _IFINFO.unpack_from(payload)
-    attrs = dict(_parse_attrs(payload, _IFINFO.size, len(payload)))
-    if IFLA_IFNAME not in attrs:
+    name, mac, have_address = None, None, False
+    offset, end = _IFINFO.size, len(payload)
+    while offset + 4 <= end:
+        length, kind = _RTA.unpack_from(payload, offset)
+        if length < 4:
+            break
+        kind &= 0x7FFF
+        if kind == IFLA_IFNAME:
+            name = payload[offset + 4: offset + length].rstrip(b"\0").decode()
+        elif kind == IFLA_ADDRESS:
+            have_address = True
+            if length == 4 + 6:
+                mac = payload[offset + 4: offset + length].hex(":")
+        if name is not None and have_address:
+            break
+        offset += (length + 3) & ~3
+    if name is None:
         return None
-    name = attrs[IFLA_IFNAME].rstrip(b"\0").decode()
-    mac = attrs[IFLA_ADDRESS].hex(":") if len(attrs.get(IFLA_ADDRESS, b"")) == 6 else None
     return index, name, bool(flags & IFF_UP), mac
-

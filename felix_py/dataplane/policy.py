@@ -7,6 +7,11 @@ what became dirty; ``apply`` writes it in one batch per family and phase:
 2. iptables: one ``iptables-restore --noflush`` commit per IP family;
 3. ipsets: destroy the sets no rule refers to any more.
 
+On the agent's first apply, before any route, ``guard`` makes sure the skeleton of the chains
+exists (``HostPolicy.skeleton``: the hooks, and dispatch chains that drop everything), so
+that a workload whose route goes in before its own chains has its traffic dropped, not let
+through, until they are written later in the same batch.
+
 A failure leaves the dirty work pending and makes the next apply read the kernel back and
 reconcile in full.  Every ``refresh_secs`` a ``PolicyRefresh`` message (posted from a timer
 thread) makes the next apply reconcile in full as well, which puts our hooks back on top
@@ -69,6 +74,7 @@ class PolicyManager:
         self._stats = {"applies": 0, "last_apply_secs": 0.0, "last_batch_lines": 0}
         if check_backend:
             _report_backend()
+        self.guard = PolicyGuard(self)
         self._timer = None
         if post is not None and refresh_secs > 0:
             self._timer = _Ticker(refresh_secs, lambda: post(PolicyRefresh()))
@@ -138,6 +144,33 @@ class PolicyManager:
         for table in self.tables.values():
             table.refresh()
         self.ipsets.refresh()
+
+
+class PolicyGuard:
+    """The first step of a cold start: the skeleton of felix-py's chains, where missing,
+    before routes make any workload reachable (chains that exist are left to the policy
+    manager's full reconcile)."""
+    name = "policy-guard"
+
+    def __init__(self, policy: PolicyManager):
+        self.policy = policy
+        self.done = False
+
+    def on_changes(self, store: Store, changes: Changes, links) -> None:
+        pass
+
+    def apply(self) -> None:
+        if self.done:
+            return
+        for family, table in self.policy.tables.items():
+            table.ensure(self.policy.calc.skeleton(family))
+        self.done = True
+
+    def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 def _report_backend() -> None:

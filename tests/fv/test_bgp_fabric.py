@@ -31,7 +31,8 @@ class BgpAgent(AgentProcess):
                     argv = f.read().rstrip(b"\0").split(b"\0")
             except OSError:
                 continue
-            if argv[-1].endswith(b"/exabgp.conf"):     # python -m bgp.launcher CONF
+            # python -m bgp.launcher CONF, or --spare: started early, told its CONF later
+            if argv[1:3] == [b"-m", b"bgp.launcher"]:
                 return pid
         return None
 

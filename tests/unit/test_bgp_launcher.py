@@ -3,11 +3,12 @@ copy; the reactor runs more API steps per turn; nothing is changed that the laun
 not written for."""
 
 import subprocess
+import time
 
 import pytest
 
 from bgp import launcher
-from bgp.driver import launcher_argv
+from bgp.driver import Spare, launcher_argv
 
 
 @pytest.fixture
@@ -104,3 +105,22 @@ def test_the_installed_exabgp_runs_with_both_changes():
                        timeout=60)
     assert r.returncode == 0 and "ExaBGP : 5.0." in r.stdout
     assert launcher.WARNING_TAG not in r.stderr
+
+
+def test_a_spare_runs_exabgp_as_it_is_told_later():
+    spare = Spare()
+    time.sleep(0.5)                              # ExaBGP imported meanwhile, waiting
+    proc = spare.take(["env"], {"exabgp.tcp.bind": "10.9.9.9"}, "/")
+    out = proc.stdout.read().decode()
+    assert proc.wait(60) == 0
+    assert "bind = '10.9.9.9'" in out            # the environment it was given
+    assert launcher.WARNING_TAG not in out       # and both changes made
+    assert spare.take(["env"], {}, "/") is None  # one process, taken once
+
+
+def test_a_spare_never_needed_exits_when_let_go():
+    spare = Spare()
+    proc = spare.proc
+    spare.close()
+    assert proc.returncode == 0 and spare.proc is None
+    assert spare.take(["version"], {}, "/") is None

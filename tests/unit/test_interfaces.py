@@ -118,3 +118,24 @@ def test_a_refused_entry_is_reported_and_retried_and_a_gone_link_forgotten(world
     sent = len(kernel.sent)
     mgr.apply()
     assert len(kernel.sent) == sent, "an entry that went with its link is sent again"
+
+
+def test_ipv6_settings_only_for_an_endpoint_with_an_ipv6_address_and_when_it_gains_one(world):
+    mgr, _kernel, feed, _links, apply = world
+    ep = {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"]}
+    feed.endpoint(H, "w1", ep)
+    apply()
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "1"
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/rp_filter"] == "1"
+    assert not [p for p in mgr.sysctl.values if p.startswith("net/ipv6/") and "cali1" in p]
+
+    feed.endpoint(H, "w1", {**ep, "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    assert mgr.sysctl.values["net/ipv6/conf/cali1/proxy_ndp"] == "1"
+    assert mgr.sysctl.values["net/ipv6/conf/cali1/forwarding"] == "1"
+
+    # Losing the address again does not rewrite anything; the interface stays configured.
+    mgr.sysctl.values.clear()
+    feed.endpoint(H, "w1", ep)
+    apply()
+    assert mgr.sysctl.values == {}

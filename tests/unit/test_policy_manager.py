@@ -287,6 +287,52 @@ def test_manager_applies_sets_before_rules_and_removes_them_after():
     assert m.status()["chains"] > 0 and m.status()["applies"] == 1 + 1
 
 
+def test_guard_writes_the_skeleton_on_a_cold_host_and_the_full_apply_still_reconciles():
+    store = Store("h1")
+    f = Feeder(store)
+    f.group("web")
+    f.endpoint("h1", "w1", {"name": "cali1", "ipv4_nets": ["10.0.0.1/32"],
+                            "profile_ids": ["web"]})
+    m, v4, v6, _ = manager()
+    v4.chains["felix-old"] = [(5, "-j DROP")]                      # left by an older run
+    m.guard.apply()
+    for fake in (v4, v6):
+        assert fake.bodies("FORWARD")[0] == "-j felix-FORWARD"
+        # Traffic to and from any workload interface goes to dispatch roots that drop it.
+        assert fake.bodies("felix-tod") == ("-j DROP",)
+        assert fake.bodies("felix-fromd") == ("-j DROP",)
+        assert "-o cali+ -j felix-tod" in fake.bodies("felix-FORWARD")
+        assert not [c for c in fake.chains if c.startswith("felix-to-")]
+    assert "felix-old" in v4.chains                                 # the guard removes nothing
+    batches = len(v4.batches)
+
+    m.on_changes(store, store.drain(), None)
+    m.apply()
+    assert v4.bodies("felix-tod")[0] == "-o cali1 -g felix-to-cali1"
+    assert "felix-old" not in v4.chains                             # full reconcile after all
+    assert len(v4.batches) == batches + 1
+    m.guard.apply()                                                 # once per agent
+    assert len(v4.batches) == batches + 1
+
+
+def test_guard_leaves_the_chains_of_a_running_host_as_they_are():
+    store = Store("h1")
+    f = Feeder(store)
+    f.group("web")
+    f.endpoint("h1", "w1", {"name": "cali1", "ipv4_nets": ["10.0.0.1/32"],
+                            "profile_ids": ["web"]})
+    m, v4, _, _ = manager()
+    m.on_changes(store, store.drain(), None)
+    m.apply()
+    before = {c: list(r) for c, r in v4.chains.items()}
+    batches = len(v4.batches)
+
+    restarted = PolicyManager(config_mod.load(env={}), "h1", tables={4: IptablesTable(4, v4)},
+                              ipsets=m.ipsets, check_backend=False)
+    restarted.guard.apply()
+    assert v4.chains == before and len(v4.batches) == batches       # not a rule rewritten
+
+
 def test_manager_reports_endpoint_problems_and_refreshes_on_message():
     store = Store("h1")
     f = Feeder(store)

@@ -248,3 +248,17 @@ def test_an_ipv6_device_route_reads_back_as_the_link_route_written():
         (PROTO, Route("fd00::5/128", oif=7, scope="link"))
     assert nl.parse_route(dumped(dst, oif, gw), PROTO) == \
         (PROTO, Route("fd00::5/128", oif=7, gateways=("fd00::1",)))
+
+
+def test_a_link_message_gives_its_name_state_and_mac_whatever_the_attribute_order():
+    def link(flags, *attrs):
+        return nl._IFINFO.pack(0, 1, 7, flags, 0) + b"".join(nl._attr(k, v) for k, v in attrs)
+    name = (nl.IFLA_IFNAME, b"cali7\0")
+    mac = (nl.IFLA_ADDRESS, bytes.fromhex("eeeeeeeeee01"))
+    mtu = (4, struct.pack("=I", 1500))
+    assert nl.parse_link(link(nl.IFF_UP, mtu, name, mtu, mac, mtu)) == \
+        (7, "cali7", True, "ee:ee:ee:ee:ee:01")
+    assert nl.parse_link(link(0, mac, mtu, name)) == (7, "cali7", False, "ee:ee:ee:ee:ee:01")
+    assert nl.parse_link(link(0, name, mtu)) == (7, "cali7", False, None)   # e.g. a tun device
+    assert nl.parse_link(link(0, (nl.IFLA_ADDRESS, b"\0" * 16), name)) == (7, "cali7", False, None)
+    assert nl.parse_link(link(0, mac, mtu)) is None
