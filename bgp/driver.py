@@ -108,15 +108,12 @@ class Spare:
         return proc
 
     def close(self) -> None:
-        """Let an unused spare go (end of input makes it exit)."""
+        """End an unused spare, at once: it holds nothing yet."""
         proc, self.proc = self.proc, None
         if proc is not None:
+            proc.kill()
+            proc.wait()
             proc.stdin.close()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
             proc.stdout.close()
 
 
@@ -146,7 +143,10 @@ class ExaBgpDriver:
         self.on_event = on_event
         # A configured executable runs as it is; by default ExaBGP runs through our launcher.
         self.command = [exabgp] if exabgp else launcher_argv()
-        self._spare = spare if not (exabgp or wrap) else None
+        if spare is not None and (exabgp or wrap):
+            spare.close()               # it would run our launcher, not what was asked for
+            spare = None
+        self._spare = spare
         self.wrap = list(wrap)                 # e.g. ["ip", "netns", "exec", NS] in tests
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout

@@ -176,13 +176,14 @@ class Agent:
         elif isinstance(msg, LinkUpdate):
             if self.links.apply(msg):
                 self.store.changes.endpoints.update(self.store.by_interface.get(msg.name, ()))
+        elif isinstance(msg, LinksSynced):
+            for name in self.links.replace(msg.links):
+                self.store.changes.endpoints.update(self.store.by_interface.get(name, ()))
         elif isinstance(msg, InSync):
             if self.in_sync:
                 self.metrics.resyncs.inc()
             self.in_sync = self.health.in_sync = True
             self.metrics.in_sync.set(1)
-        elif isinstance(msg, LinksSynced):
-            self.links.synced = True
         elif isinstance(msg, Unavailable):
             self.metrics.errors.labels("datastore").inc()
             self.metrics.in_sync.set(0)

@@ -1,8 +1,9 @@
 """The interfaces of this namespace, kept current from netlink link events.
 
 ``LinkMonitor`` subscribes to RTMGRP_LINK, then dumps the existing links on the same socket,
-so the dump and later events arrive in the kernel's order; it posts ``LinkUpdate`` messages
-to the agent's queue.  ``Links`` is the table the main loop keeps from those messages, and
+so the dump and later events arrive in the kernel's order; it posts the dump as one
+``LinksSynced`` message (thousands of links at a host's start), then a ``LinkUpdate`` per
+event, to the agent's queue.  ``Links`` is the table the main loop keeps from those messages, and
 what managers look interfaces up in.  No polling.
 """
 
@@ -35,7 +36,8 @@ class LinkUpdate:
 
 @dataclass(frozen=True, slots=True)
 class LinksSynced:
-    """The first dump is complete."""
+    """A complete dump: every link of the namespace (again after a monitor restart)."""
+    links: tuple[LinkInfo, ...]
 
 
 class Links:
@@ -57,6 +59,16 @@ class Links:
             return old is not None
         self._by_name[upd.name] = upd.info
         return old != upd.info
+
+    def replace(self, links: tuple[LinkInfo, ...]) -> set[str]:
+        """Make the table a complete dump (links gone meanwhile are dropped); the names
+        whose entry changed."""
+        new = {info.name: info for info in links}
+        changed = {name for name in self._by_name.keys() | new.keys()
+                   if self._by_name.get(name) != new.get(name)}
+        self._by_name = new
+        self.synced = True
+        return changed
 
 
 class LinkMonitor:
@@ -82,9 +94,7 @@ class LinkMonitor:
     def _run(self) -> None:
         sock = self._sock
         try:
-            for index, name, up, mac in sock.dump_links():
-                self.post(LinkUpdate(name, LinkInfo(index, name, up, mac)))
-            self.post(LinksSynced())
+            self.post(LinksSynced(tuple(LinkInfo(*link) for link in sock.dump_links())))
             while not self._stop.is_set():
                 ready, _, _ = select.select([sock.fileno()], [], [], 0.5)
                 if not ready:

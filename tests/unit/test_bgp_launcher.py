@@ -118,9 +118,13 @@ def test_a_spare_runs_exabgp_as_it_is_told_later():
     assert spare.take(["env"], {}, "/") is None  # one process, taken once
 
 
-def test_a_spare_never_needed_exits_when_let_go():
+def test_a_spare_never_needed_ends_when_let_go_or_when_its_agent_goes():
     spare = Spare()
     proc = spare.proc
     spare.close()
-    assert proc.returncode == 0 and spare.proc is None
+    assert proc.returncode is not None and spare.proc is None
     assert spare.take(["version"], {}, "/") is None
+    # The agent gone without a word (its end of the pipe closed): the spare exits by itself.
+    orphan = subprocess.Popen(launcher_argv() + ["--spare"], stdin=subprocess.PIPE)
+    orphan.stdin.close()
+    assert orphan.wait(60) == 0

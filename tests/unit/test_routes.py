@@ -262,3 +262,15 @@ def test_a_link_message_gives_its_name_state_and_mac_whatever_the_attribute_orde
     assert nl.parse_link(link(0, name, mtu)) == (7, "cali7", False, None)   # e.g. a tun device
     assert nl.parse_link(link(0, (nl.IFLA_ADDRESS, b"\0" * 16), name)) == (7, "cali7", False, None)
     assert nl.parse_link(link(0, mac, mtu)) is None
+
+
+def test_a_complete_link_dump_replaces_the_table_and_names_what_changed():
+    links = Links()
+    a, b = LinkInfo(11, "cali1", True, None), LinkInfo(12, "cali2", True, None)
+    assert links.replace((a, b)) == {"cali1", "cali2"} and links.synced
+    # After a monitor restart: cali1 went meanwhile, cali2 was set down, cali3 appeared.
+    c = LinkInfo(13, "cali3", True, None)
+    assert links.replace((LinkInfo(12, "cali2", False, None), c)) == {"cali1", "cali2", "cali3"}
+    assert links.get("cali1") is None and links.get("cali2").up is False
+    assert links.names() == {"cali2", "cali3"}
+    assert links.replace((LinkInfo(12, "cali2", False, None), c)) == set()
