@@ -17,6 +17,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -32,7 +33,7 @@ from felix_py.datastore.syncer import InSync, Syncer, Unavailable, Updates
 from felix_py.dataplane.interfaces import InterfaceManager
 from felix_py.dataplane.links import (LinkMonitor, LinkMonitorFailed, Links, LinksSynced,
                                       LinkUpdate)
-from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane.policy import PolicyManager
 from felix_py.dataplane.routes import RouteManager
 from felix_py.health import Health, Metrics, serve
@@ -42,7 +43,8 @@ log = logging.getLogger("felix_py.agent")
 
 # Settings the running agent cannot change in place.
 RESTART_SETTINGS = ("RouteProtocol", "HealthHost", "HealthPort", "ReportingTtlSecs",
-                    "ReportingIntervalSecs", "InterfacePrefix", "BgpGracefulRestartSecs")
+                    "ReportingIntervalSecs", "InterfacePrefix", "BgpGracefulRestartSecs",
+                    "DataplaneRefreshSecs")
 
 
 @dataclass
@@ -126,8 +128,14 @@ class Agent:
         self.link_monitor.start()
         self.syncer.start()
         self.status.start()
+        refresh = None
+        if self.config.dataplane_refresh_secs:
+            refresh = Ticker(self.config.dataplane_refresh_secs,
+                             lambda: self.post(DataplaneRefresh()))
         while not self._stopping:
             self._turn()
+        if refresh is not None:
+            refresh.stop()
         self._shutdown()
         return 0
 
@@ -307,6 +315,23 @@ class Agent:
             self.spare.close()
         if self._http:
             self._http.shutdown()
+
+
+class Ticker(threading.Thread):
+    """Calls ``fn`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, interval: float, fn: Callable[[], None]):
+        super().__init__(daemon=True, name="felix-refresh")
+        self.interval, self.fn = interval, fn
+        self._halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.fn()
+
+    def stop(self) -> None:
+        self._halt.set()
 
 
 def _merge(a: Changes, b: Changes) -> Changes:

@@ -22,6 +22,7 @@ address claimed twice) that end up in the endpoint's status key.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from felix_py.datastore.keys import EndpointId
@@ -29,6 +30,13 @@ from felix_py.datastore.keys import EndpointId
 if TYPE_CHECKING:
     from felix_py.calc.store import Changes, Store
     from felix_py.dataplane.links import Links
+
+
+@dataclass(frozen=True)
+class DataplaneRefresh:
+    """Posted every ``DataplaneRefreshSecs``: managers that keep what they believe the
+    kernel holds forget it and read it back on their next apply, which puts back what
+    something else removed or changed (``on_message``)."""
 
 
 class DataplaneError(RuntimeError):

@@ -13,34 +13,27 @@ that a workload whose route goes in before its own chains has its traffic droppe
 through, until they are written later in the same batch.
 
 A failure leaves the dirty work pending and makes the next apply read the kernel back and
-reconcile in full.  Every ``refresh_secs`` a ``PolicyRefresh`` message (posted from a timer
-thread) makes the next apply reconcile in full as well, which puts our hooks back on top
-if something else inserted rules above them.  Strict rp_filter on workload interfaces is
-set by the InterfaceManager.
+reconcile in full.  So does a ``DataplaneRefresh`` (``on_message``), which puts our hooks
+back on top if something else inserted rules above them.  Strict rp_filter on workload
+interfaces is set by the InterfaceManager.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
-import threading
 import time
-from dataclasses import dataclass
 
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.ipsets import Ipsets
+from felix_py.dataplane.manager import DataplaneRefresh
 from felix_py.dataplane.iptables import TOOLS, IptablesTable, host_backend
 from policy.host import HostPolicy, Settings
 
 log = logging.getLogger(__name__)
 
 PROGRAMMED_BACKEND = "legacy"
-
-
-@dataclass(frozen=True)
-class PolicyRefresh:
-    """Posted to the agent's queue: re-read the kernel and reconcile on the next apply."""
 
 
 def available_families(run=subprocess.run) -> tuple[int, ...]:
@@ -58,9 +51,9 @@ def available_families(run=subprocess.run) -> tuple[int, ...]:
 class PolicyManager:
     name = "policy"
 
-    def __init__(self, config, hostname: str, post=None, *, tables: dict | None = None,
+    def __init__(self, config, hostname: str, *, tables: dict | None = None,
                  ipsets: Ipsets | None = None, families: tuple[int, ...] | None = None,
-                 refresh_secs: float = 90.0, check_backend: bool = True, config_source=None):
+                 check_backend: bool = True, config_source=None):
         # The agent replaces its Config on reload; config_source reads the current one.
         self._config_source = config_source or (lambda: config)
         families = families or (tuple(tables) if tables else available_families())
@@ -75,14 +68,10 @@ class PolicyManager:
         if check_backend:
             _report_backend()
         self.guard = PolicyGuard(self)
-        self._timer = None
-        if post is not None and refresh_secs > 0:
-            self._timer = _Ticker(refresh_secs, lambda: post(PolicyRefresh()))
-            self._timer.start()
 
     @classmethod
     def from_ctx(cls, ctx) -> "PolicyManager":
-        return cls(ctx.config, ctx.hostname, post=ctx.post, config_source=lambda: ctx.config)
+        return cls(ctx.config, ctx.hostname, config_source=lambda: ctx.config)
 
     # -- Manager protocol -----------------------------------------------------------------
     def on_changes(self, store: Store, changes: Changes, links) -> None:
@@ -112,7 +101,7 @@ class PolicyManager:
         return dict(self.calc.endpoint_problems)
 
     def on_message(self, msg) -> None:
-        if isinstance(msg, PolicyRefresh):
+        if isinstance(msg, DataplaneRefresh):
             for table in self.tables.values():
                 table.refresh()
             self.ipsets.refresh()
@@ -124,8 +113,7 @@ class PolicyManager:
                 "profile_errors": dict(self.calc.profile_problems)}
 
     def close(self) -> None:
-        if self._timer:
-            self._timer.stop()
+        pass
 
     # -- internals ----------------------------------------------------------------------
     def _collect(self) -> None:
@@ -182,17 +170,3 @@ def _report_backend() -> None:
                     "programs %s; inspect felix-py's chains with iptables-legacy-save, and "
                     "mind that rules in both backends apply to every packet",
                     backend, PROGRAMMED_BACKEND)
-
-
-class _Ticker(threading.Thread):
-    def __init__(self, interval: float, fn):
-        super().__init__(daemon=True, name="policy-refresh")
-        self.interval, self.fn = interval, fn
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            self.fn()
-
-    def stop(self) -> None:
-        self._halt.set()

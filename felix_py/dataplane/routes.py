@@ -6,7 +6,8 @@ the store by ``felix_py.calc.routes``) and any other manager through
 kernel holds and sends the difference in one netlink batch.  The first ``apply()`` dumps the
 kernel's routes with our protocol number: a route still wanted is left alone (a restart
 flaps nothing), one no longer wanted is deleted, routes of any other protocol are never
-touched.
+touched.  A ``DataplaneRefresh`` makes the next apply dump them again, which puts back a
+route deleted from outside.
 
 A new route is created with NLM_F_EXCL: where a route of another protocol holds the prefix,
 the kernel refuses it.  That conflict is logged once, reported in the owning endpoint's
@@ -25,7 +26,7 @@ from felix_py.calc import routes as calc
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.links import Links
-from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane.netlink import Netlink, Route
 from felix_py.dataplane.route_conflicts import Conflict, ConflictWatch
 
@@ -67,6 +68,14 @@ class RouteManager:
             self._owners = ws.owners
             self._dirty = True
 
+    def on_message(self, msg: object) -> None:
+        if isinstance(msg, DataplaneRefresh):
+            # Read our routes back on the next apply: one deleted meanwhile is put back (or,
+            # where another route took its prefix, reported as a conflict, not overwritten).
+            self._actual = None
+            self._neigh_have = {}
+            self._dirty = True
+
     def set_source_routes(self, source: str, routes: dict[str, Route]) -> None:
         if self._sources.get(source) != routes:
             self._sources[source] = dict(routes)
@@ -106,7 +115,8 @@ class RouteManager:
             return
         if self._actual is None:
             self._actual = self.nl.dump_routes(self.proto)
-            log.info("found %d routes with protocol %d at start", len(self._actual), self.proto)
+            log.info("read %d routes with protocol %d from the kernel", len(self._actual),
+                     self.proto)
         want = self.desired()
         previous = self._conflicts
         # A conflict waits until its prefix is freed or the route wanted there changes.

@@ -77,6 +77,29 @@ def test_agent_leaves_a_foreign_route_alone_and_reports_it_once(
     assert metric(host, 9097, "felix_route_conflicts") == 0
 
 
+def test_a_route_deleted_from_outside_comes_back_and_a_newcomer_is_left_alone(
+        host, registry, open_profile, agent_factory, workload_factory):
+    for i in (1, 2):
+        workload_factory(host, f"w{i}", f"cali{i}", f"10.65.0.{i}")
+    registry.register_endpoints([(eid("w1"), ep("cali1", "10.65.0.1")),
+                                 (eid("w2"), ep("cali2", "10.65.0.2"))])
+    agent_factory(host, H, FELIX_DATAPLANE_REFRESH_SECS="1").wait_ready(registry)
+    ours = "10.65.0.{} dev cali{} proto 98 scope link"
+    wait_for(lambda: route_to(host, "10.65.0.2/32") == [ours.format(2, 2)], what="route to w2")
+
+    # An operator deletes both routes, and puts a route of their own where w2's was.
+    host.run("ip route del 10.65.0.1/32")
+    host.run("ip route del 10.65.0.2/32")
+    host.run("ip route add 10.65.0.2/32 via 192.0.2.6 proto static")
+    wait_for(lambda: route_to(host, "10.65.0.1/32") == [ours.format(1, 1)], timeout=10,
+             what="the deleted route put back by the agent's refresh")
+    st = wait_for(lambda: (s := registry.endpoint_status(eid("w2"))) and s.status == "error"
+                  and s, what="w2 reported")
+    assert "protocol static" in st.reason
+    time.sleep(2.5)                     # more refreshes: still not overwritten
+    assert route_to(host, "10.65.0.2/32") == ["10.65.0.2 via 192.0.2.6 dev uplink proto static"]
+
+
 class CountingNetlink(Netlink):
     """The real netlink socket, counting the route messages sent per (operation, prefix)."""
 

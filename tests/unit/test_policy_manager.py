@@ -17,7 +17,8 @@ from felix_py.calc.store import Store
 from felix_py.dataplane.iptables import IptablesError, IptablesTable, parse_save, render
 from felix_py.dataplane.ipsets import IpsetError, Ipsets
 from felix_py.dataplane.manager import DataplaneError
-from felix_py.dataplane.policy import PolicyManager, PolicyRefresh
+from felix_py.dataplane.manager import DataplaneRefresh
+from felix_py.dataplane.policy import PolicyManager
 from policy import names
 from policy.host import SetSpec
 from policy.testing import Feeder
@@ -345,7 +346,7 @@ def test_manager_reports_endpoint_problems_and_refreshes_on_message():
     assert state == "error" and "profile bad" in reason and "not a valid CIDR" in reason
     assert v4.bodies("felix-pi-bad")[-1].endswith("-j DROP")
     v4.chains["INPUT"].insert(0, (77, "-j ACCEPT"))
-    m.on_message(PolicyRefresh())
+    m.on_message(DataplaneRefresh())
     m.on_changes(store, store.drain(), None)
     m.apply()
     assert v4.bodies("INPUT")[0] == "-j felix-INPUT"

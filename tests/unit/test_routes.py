@@ -17,7 +17,7 @@ import pytest
 
 from felix_py.calc.store import Store
 from felix_py.dataplane.links import LinkInfo, LinkUpdate, Links
-from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane import netlink as nl
 from felix_py.dataplane.netlink import Route
 from felix_py.dataplane.routes import RouteManager
@@ -274,3 +274,22 @@ def test_a_complete_link_dump_replaces_the_table_and_names_what_changed():
     assert links.get("cali1") is None and links.get("cali2").up is False
     assert links.names() == {"cali2", "cali3"}
     assert links.replace((LinkInfo(12, "cali2", False, None), c)) == set()
+
+
+def test_a_refresh_puts_back_a_route_deleted_from_outside_and_leaves_a_newcomer_alone(
+        world, kernel):
+    mgr, feed, apply = world
+    workload(feed, "w1", "cali1", "10.65.0.1")
+    w2 = workload(feed, "w2", "cali2", "10.65.0.2")
+    apply()
+    # Someone deletes both our routes, and another route takes w2's prefix.
+    del kernel.table["10.65.0.1/32"], kernel.table["10.65.0.2/32"]
+    kernel.table["10.65.0.2/32"] = (4, Route("10.65.0.2/32", oif=99, scope="link"))
+    mgr.apply()
+    assert "10.65.0.1/32" not in kernel.table           # nothing tells the agent...
+    mgr.on_message(DataplaneRefresh())                  # ...until it reads the kernel back
+    mgr.apply()
+    assert ours(kernel, "10.65.0.1/32")
+    assert kernel.table["10.65.0.2/32"][0] == 4, "the newcomer was overwritten"
+    state, reason = mgr.endpoint_problems()[w2]
+    assert state == "error" and "protocol 4" in reason
