@@ -29,6 +29,7 @@ stay in the kernel until the peers have re-sent theirs, or the restart time runs
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -86,6 +87,48 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+RUN_DIR_PREFIX = "felix-bgp-"
+OWNER_FILE = "agent.pid"
+
+
+def remove_stale_run_dirs(parent: str) -> list[str]:
+    """Remove the run directories (ExaBGP's configuration, socket) that agents killed
+    without a chance to clean up left in ``parent``: ours by owner, and naming in their
+    pid file a process that no longer exists.  Returns what was removed."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(RUN_DIR_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid() or not os.path.isdir(path):
+                continue
+            with open(os.path.join(path, OWNER_FILE)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue            # not one of ours, or one still being set up
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d run director%s left by agents that died: %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", ", ".join(removed[:5]))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class BgpManager:
     name = "bgp"
 
@@ -98,7 +141,12 @@ class BgpManager:
         self.layout: KeyLayout = ctx.layout
         self.clock = clock
         self._own_run_dir = run_dir is None
-        self.run_dir = run_dir or tempfile.mkdtemp(prefix=f"felix-bgp-{self.hostname[:20]}-")
+        if run_dir is None:
+            remove_stale_run_dirs(tempfile.gettempdir())
+            run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{self.hostname[:20]}-")
+            with open(os.path.join(run_dir, OWNER_FILE), "w") as f:
+                f.write(f"{os.getpid()}\n")
+        self.run_dir = run_dir
         level = "INFO" if ctx.config.log_level == "DEBUG" else "WARNING"
         make = driver_factory or (lambda **kw: ExaBgpDriver(
             exabgp=ctx.config.exabgp_path or None, log_level=level, spare=ctx.exabgp_spare,

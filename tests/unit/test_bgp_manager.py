@@ -1,6 +1,7 @@
 """bgp.manager against state fakes of the driver and the route manager: plan,
 announcements, learned routes, status."""
 
+import subprocess
 from types import SimpleNamespace
 
 from bgp import api
@@ -232,3 +233,23 @@ def test_no_bgp_address_stops_exabgp_and_reports(tmp_path):
     assert m.driver.state is State.CLOSED
     assert m.status()["bgp_mode"] == "disabled" and m.peer_status() == {}
     assert "ip_addr_v4" in m.status()["bgp_problems"][0]
+
+
+def test_run_directories_of_dead_agents_are_removed_and_no_other(tmp_path):
+    from bgp.manager import OWNER_FILE, remove_stale_run_dirs
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        for name, pid in (("felix-bgp-a-1", dead.pid), ("felix-bgp-b-2", alive.pid),
+                          ("felix-bgp-c-3", None), ("other-4", dead.pid)):
+            (tmp_path / name).mkdir()
+            if pid is not None:
+                (tmp_path / name / OWNER_FILE).write_text(f"{pid}\n")
+        (tmp_path / "felix-bgp-file").write_text("not a directory")
+        assert remove_stale_run_dirs(str(tmp_path)) == [str(tmp_path / "felix-bgp-a-1")]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "felix-bgp-b-2", "felix-bgp-c-3", "felix-bgp-file", "other-4"]
+    finally:
+        alive.kill()
+        alive.wait()
