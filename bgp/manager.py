@@ -171,6 +171,7 @@ class BgpManager:
         self._first_apply = True
         self._dirty = True              # the plan changed: (re)configure ExaBGP
         self._learned_dirty = True      # the routes for the kernel may have changed
+        self._own_dirty = False         # our own prefixes changed: the import filter too
         self._announce_dirty = True     # the driver must be told (again) what to announce
         self.announcer = BgpAnnouncer(self)
 
@@ -187,7 +188,7 @@ class BgpManager:
             own = frozenset(exported_prefixes(store))
             if own != self.own:
                 self.own = own
-                self._dirty = True          # the import filter leaves out our own prefixes
+                self._own_dirty = True      # the import filter leaves out our own prefixes
 
     def _peer_key_errors(self, store: Store) -> dict[str, str]:
         """Invalid peer keys that concern this host: reported as peers in state error."""
@@ -260,6 +261,10 @@ class BgpManager:
         try:
             if self._dirty:
                 self._configure()
+            elif self._own_dirty and self._applied_plan is not None:
+                self.rib.set_own(self.own, self._applied_plan.own_addresses)
+                self._own_dirty = False
+                self._learned_dirty = True
         finally:
             # Even when ExaBGP cannot be configured: routes kept from before a restart
             # must reach the route manager before its first apply.
@@ -293,6 +298,7 @@ class BgpManager:
         errors = {**self.key_errors, **self.rejected}
         self.rib.set_peers({ip: p.peer_type for ip, p in running.items()}, errors, self.clock())
         self.rib.set_own(self.own, plan.own_addresses)
+        self._own_dirty = False
         if plan != self._applied_plan:
             for problem in plan.problems:
                 log.warning("BGP: %s", problem)

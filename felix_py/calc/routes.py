@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -73,13 +74,28 @@ def blackhole_routes(store: Store) -> dict[str, Route]:
 
 
 def exported_prefixes(store: Store) -> set[str]:
+    """Runs on every batch that touches endpoints: addresses are compared as integers,
+    since ``ipaddress`` objects for thousands of them cost tens of milliseconds."""
     blocks = [ipaddress.ip_network(c) for c in owned_blocks(store)]
     out = {str(b) for b in blocks}
+    spans = {4: [], 6: []}          # family -> (first, last) address of each block
+    for b in blocks:
+        spans[b.version].append((int(b.network_address), int(b.broadcast_address)))
     for ep in store.local_endpoints.values():
         if ep.state != "active":
             continue
-        for net in (*ep.ipv4_nets, *ep.ipv6_nets):
-            addr = ipaddress.ip_network(net)
-            if not any(addr.version == b.version and addr.subnet_of(b) for b in blocks):
-                out.add(net)
+        for family, nets in ((4, ep.ipv4_nets), (6, ep.ipv6_nets)):
+            for net in nets:
+                if not spans[family] or not _inside(net, family, spans[family]):
+                    out.add(net)
     return out
+
+
+def _inside(net: str, family: int, spans: list[tuple[int, int]]) -> bool:
+    """Whether ``net`` (a validated "address/length") lies within one of ``spans``."""
+    addr, length = net.split("/")
+    bits = 32 if family == 4 else 128
+    first = int.from_bytes(socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6,
+                                            addr), "big")
+    last = first | ((1 << (bits - int(length))) - 1)
+    return any(lo <= first and last <= hi for lo, hi in spans)
