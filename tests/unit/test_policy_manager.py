@@ -288,12 +288,17 @@ def test_manager_applies_sets_before_rules_and_removes_them_after():
     assert m.status()["chains"] > 0 and m.status()["applies"] == 1 + 1
 
 
-def test_guard_writes_the_skeleton_on_a_cold_host_and_the_full_apply_still_reconciles():
+def one_web_endpoint() -> Store:
     store = Store("h1")
     f = Feeder(store)
     f.group("web")
     f.endpoint("h1", "w1", {"name": "cali1", "ipv4_nets": ["10.0.0.1/32"],
                             "profile_ids": ["web"]})
+    return store
+
+
+def test_guard_writes_the_skeleton_on_a_cold_host_and_the_full_apply_still_reconciles():
+    store = one_web_endpoint()
     m, v4, v6, _ = manager()
     v4.chains["felix-old"] = [(5, "-j DROP")]                      # left by an older run
     m.guard.apply()
@@ -317,11 +322,7 @@ def test_guard_writes_the_skeleton_on_a_cold_host_and_the_full_apply_still_recon
 
 
 def test_guard_leaves_the_chains_of_a_running_host_as_they_are():
-    store = Store("h1")
-    f = Feeder(store)
-    f.group("web")
-    f.endpoint("h1", "w1", {"name": "cali1", "ipv4_nets": ["10.0.0.1/32"],
-                            "profile_ids": ["web"]})
+    store = one_web_endpoint()
     m, v4, _, _ = manager()
     m.on_changes(store, store.drain(), None)
     m.apply()
