@@ -5,9 +5,8 @@
   the same namespace, same run.  Also the whole agent process from exec to ready.
 - Endpoint add latency with 1,000 endpoints programmed: etcd put -> route in the kernel,
   seen on a netlink route-event socket, p50/p99; back to back (each add starts once the
-  previous route is in, so it also waits for the rest of the previous batch, policy
-  included) and spaced out (an add finds the agent idle, as a container start usually
-  does).
+  previous route is in) and spaced out (an add finds the agent idle, as a container start
+  usually does).
 - Agent memory (RSS) with 5,000 endpoints in the datastore.
 
 Run (as root): python -m bench.bench_agent
@@ -234,10 +233,11 @@ def main() -> None:
 | agent RSS with {args.endpoints + args.adds:,} local endpoints | {rss_1k / 1024:.0f} MiB | | |
 | agent RSS with 5,000 endpoints in the datastore ({args.endpoints + args.adds:,} local) | {rss_5k / 1024:.0f} MiB | | |
 
-Back to back, each add waits for the agent to finish the previous batch, whose policy
-apply dominates: `iptables-legacy-restore` rewrites the whole filter table, all
-{args.endpoints:,} endpoints' chains, for one endpoint's rules.  An add that finds the agent
-idle is the time a container start sees.
+An endpoint is routed only once its chains are in (policy goes before routes in a batch,
+except on a fresh host's first), and the policy apply dominates both figures:
+`iptables-legacy-restore` rewrites the whole filter table, all {args.endpoints:,} endpoints'
+chains, for one endpoint's rules.  An add that finds the agent idle is the time a
+container start sees.
 """
     print(body)
     if not args.no_write:

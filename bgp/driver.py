@@ -96,16 +96,19 @@ class Spare:
         """The waiting process, told to run ExaBGP with ``argv`` in ``cwd``, its environment
         updated with ``env``; None if it is gone (or was taken)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return None
         try:
-            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n")
-            proc.stdin.close()
+            if proc.poll() is None:
+                proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
+                                 + b"\n")
+                proc.stdin.close()
+                return proc
         except OSError:
-            proc.kill()
-            proc.wait()
-            return None
-        return proc
+            pass
+        self.proc = proc
+        self.close()            # gone, or would not listen: its pipes closed, reaped
+        return None
 
     def close(self) -> None:
         """End an unused spare, at once: it holds nothing yet."""
@@ -113,8 +116,11 @@ class Spare:
         if proc is not None:
             proc.kill()
             proc.wait()
-            proc.stdin.close()
-            proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass        # a write into it had failed
 
 
 class _Session:

@@ -94,7 +94,8 @@ OWNER_FILE = "agent.pid"
 def remove_stale_run_dirs(parent: str) -> list[str]:
     """Remove the run directories (ExaBGP's configuration, socket) that agents killed
     without a chance to clean up left in ``parent``: ours by owner, and naming in their
-    pid file a process that no longer exists.  Returns what was removed."""
+    pid file a process of this PID namespace that no longer exists.  Returns what was
+    removed."""
     removed = []
     try:
         names = [n for n in os.listdir(parent) if n.startswith(RUN_DIR_PREFIX)]
@@ -106,17 +107,27 @@ def remove_stale_run_dirs(parent: str) -> list[str]:
             if os.lstat(path).st_uid != os.getuid() or not os.path.isdir(path):
                 continue
             with open(os.path.join(path, OWNER_FILE)) as f:
-                pid = int(f.read().strip())
+                pid_text, pidns = f.read().split()
+            pid = int(pid_text)
         except (OSError, ValueError):
             continue            # not one of ours, or one still being set up
-        if pid == os.getpid() or _alive(pid):
-            continue
+        if pidns != _pid_namespace() or pid == os.getpid() or _alive(pid):
+            continue            # an agent we cannot see (another PID namespace), or alive
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     if removed:
         log.info("removed %d run director%s left by agents that died: %s", len(removed),
                  "y" if len(removed) == 1 else "ies", ", ".join(removed[:5]))
     return removed
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace: pids written by agents in another are not ours to
+    check."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "unknown"
 
 
 def _alive(pid: int) -> bool:
@@ -145,7 +156,7 @@ class BgpManager:
             remove_stale_run_dirs(tempfile.gettempdir())
             run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{self.hostname[:20]}-")
             with open(os.path.join(run_dir, OWNER_FILE), "w") as f:
-                f.write(f"{os.getpid()}\n")
+                f.write(f"{os.getpid()} {_pid_namespace()}\n")
         self.run_dir = run_dir
         level = "INFO" if ctx.config.log_level == "DEBUG" else "WARNING"
         make = driver_factory or (lambda **kw: ExaBgpDriver(

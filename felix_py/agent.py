@@ -67,13 +67,24 @@ def build_managers(ctx: Context) -> list:
       resend them);
     - the policy guard: on a host without felix-py's chains, their skeleton first, which
       drops all traffic to and from workload interfaces that have no chains of their own;
-    - routes, then BGP's announcements of the routes that are in place;
     - interfaces (proxy ARP and NDP for the workloads' gateway) and the endpoints' policy
-      chains, while the fabric learns the routes.  A workload whose route is installed
-      before its chains has its traffic dropped by the skeleton until they are written."""
+      chains, so that a workload's chains are in place before its route makes it
+      reachable;
+    - routes, then BGP's announcements of the routes that are in place.
+
+    On a fresh host's first batch (``fresh_host_order``) routes and announcements go before
+    interfaces and policy instead: no chains but the skeleton's exist there, so a workload
+    routed before its own chains are written has its traffic dropped, and the fabric learns
+    the routes while the chains are written."""
     bgp = BgpManager(ctx)
     policy = PolicyManager.from_ctx(ctx)
-    return [bgp, policy.guard, ctx.routes, bgp.announcer, InterfaceManager(), policy]
+    return [bgp, policy.guard, InterfaceManager(), policy, ctx.routes, bgp.announcer]
+
+
+def fresh_host_order(rest: list, early: tuple) -> list:
+    """The managers after the policy guard, on a fresh host's first batch: ``early`` (the
+    route manager and BGP's announcer) first, the others after them in their order."""
+    return [m for m in rest if m in early] + [m for m in rest if m not in early]
 
 
 class Agent:
@@ -96,6 +107,7 @@ class Agent:
         self.managers: list = []
         self.ctx: Context | None = None
         self.spare: Spare | None = None
+        self._refresh: Ticker | None = None
         self.in_sync = False
         self._stopping = False
         self._retry_at: float | None = None
@@ -128,14 +140,8 @@ class Agent:
         self.link_monitor.start()
         self.syncer.start()
         self.status.start()
-        refresh = None
-        if self.config.dataplane_refresh_secs:
-            refresh = Ticker(self.config.dataplane_refresh_secs,
-                             lambda: self.post(DataplaneRefresh()))
         while not self._stopping:
             self._turn()
-        if refresh is not None:
-            refresh.stop()
         self._shutdown()
         return 0
 
@@ -209,6 +215,9 @@ class Agent:
         self.ctx = Context(self.config, self.hostname, self.post, routes, self.client,
                            self.layout, self.spare)
         self.managers = build_managers(self.ctx)
+        if self.config.dataplane_refresh_secs:        # the etcd settings are known now
+            self._refresh = Ticker(self.config.dataplane_refresh_secs,
+                                   lambda: self.post(DataplaneRefresh()))
         # The first on_changes must see everything, not just what changed since start.
         everything = Changes(endpoints=set(self.store.endpoints) | set(self.store.endpoint_errors),
                              profiles=set(self.store.profile_rules) | set(self.store.profile_errors),
@@ -234,25 +243,15 @@ class Agent:
 
     def _apply(self, changes: Changes) -> None:
         """Each manager in turn works out what changed and applies it, so that ExaBGP
-        starts, and routes are announced, before the later managers have even computed
-        their work."""
+        starts before the later managers have even computed their work."""
         t0 = time.monotonic()
-        ok = True
-        took = []
-        for m in self.managers:
-            t = time.monotonic()
-            m.on_changes(self.store, changes, self.links)
-            try:
-                m.apply()
-            except DataplaneError as e:
-                ok = False
-                self.metrics.errors.labels(m.name).inc()
-                log.error("%s: %s", m.name, e)
-            except Exception:
-                ok = False
-                self.metrics.errors.labels(m.name).inc()
-                log.exception("%s failed to apply; will retry", m.name)
-            took.append(f"{m.name} {time.monotonic() - t:.3f}s")
+        took: list[str] = []
+        head, rest = self.managers[:2], self.managers[2:]       # BGP, the policy guard
+        ok = all([self._apply_one(m, changes, took) for m in head])
+        guard = head[1]
+        if guard.fresh_host and not self.health.applied:
+            rest = fresh_host_order(rest, (self.ctx.routes, head[0].announcer))
+        ok = all([self._apply_one(m, changes, took) for m in rest]) and ok
         elapsed = time.monotonic() - t0
         self.metrics.apply_seconds.observe(elapsed)
         self.metrics.routes.set(len(self.ctx.routes.actual))
@@ -265,6 +264,22 @@ class Agent:
         else:
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
+
+    def _apply_one(self, m, changes: Changes, took: list[str]) -> bool:
+        t = time.monotonic()
+        m.on_changes(self.store, changes, self.links)
+        try:
+            m.apply()
+            return True
+        except DataplaneError as e:
+            self.metrics.errors.labels(m.name).inc()
+            log.error("%s: %s", m.name, e)
+        except Exception:
+            self.metrics.errors.labels(m.name).inc()
+            log.exception("%s failed to apply; will retry", m.name)
+        finally:
+            took.append(f"{m.name} {time.monotonic() - t:.3f}s")
+        return False
 
     def _publish_status(self) -> None:
         self._status_dirty = False
@@ -306,6 +321,8 @@ class Agent:
         self.syncer.stop()
         self.link_monitor.stop()
         self.status.stop()
+        if self._refresh is not None:
+            self._refresh.stop()
         for m in self.managers:
             try:
                 m.close()

@@ -234,10 +234,11 @@ class IptablesTable:
         self.state = None
         self._reconcile = True
 
-    def ensure(self, chains: dict[str, tuple[str, ...]]) -> None:
+    def ensure(self, chains: dict[str, tuple[str, ...]]) -> int:
         """Create those of ``chains`` that do not exist and put the hooks in place, changing
         nothing else: a chain that exists keeps its rules.  The next apply still reconciles
-        in full (without reading the table again)."""
+        in full (without reading the table again).  Returns how many felix- chains the
+        table held before."""
         state = parse_save(self.backend.save())
         new_state = _copy(state)
         lines = list(render_iter(chains, {c for c in chains if c not in state.chains}, state,
@@ -245,6 +246,7 @@ class IptablesTable:
         if lines:
             self.backend.restore(["*filter", *lines, "COMMIT"])
         self.state, self._reconcile = new_state, True
+        return len(state.chains)
 
     def apply(self, desired: dict[str, tuple[str, ...]], dirty: set[str]) -> None:
         full = self._reconcile or self.state is None

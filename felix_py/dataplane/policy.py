@@ -135,14 +135,17 @@ class PolicyManager:
 
 
 class PolicyGuard:
-    """The first step of a cold start: the skeleton of felix-py's chains, where missing,
-    before routes make any workload reachable (chains that exist are left to the policy
-    manager's full reconcile)."""
+    """The first step of a start: the skeleton of felix-py's chains, where missing, before
+    routes make any workload reachable (chains that exist are left to the policy manager's
+    full reconcile).  ``fresh_host`` says there were none at all: no workload can be
+    policed with another's rules there, so routes may go in before the policy manager
+    applies (``agent.fresh_host_order``)."""
     name = "policy-guard"
 
     def __init__(self, policy: PolicyManager):
         self.policy = policy
         self.done = False
+        self.fresh_host = False     # no felix-py chain existed here before the skeleton
 
     def on_changes(self, store: Store, changes: Changes, links) -> None:
         pass
@@ -150,8 +153,9 @@ class PolicyGuard:
     def apply(self) -> None:
         if self.done:
             return
-        for family, table in self.policy.tables.items():
-            table.ensure(self.policy.calc.skeleton(family))
+        found = [table.ensure(self.policy.calc.skeleton(family))
+                 for family, table in self.policy.tables.items()]
+        self.fresh_host = not any(found)
         self.done = True
 
     def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:

@@ -52,6 +52,7 @@ class RouteManager:
         self._neigh_want: dict[tuple[int, str], str] = {}
         self._neigh_have: dict[tuple[int, str], str] = {}
         self._actual: dict[str, Route] | None = None
+        self._reread = False
         self._problems: dict[EndpointId, tuple[str, str]] = {}
         self._failed: dict[str, str] = {}
         self._owners: dict[str, EndpointId] = {}
@@ -72,8 +73,8 @@ class RouteManager:
         if isinstance(msg, DataplaneRefresh):
             # Read our routes back on the next apply: one deleted meanwhile is put back (or,
             # where another route took its prefix, reported as a conflict, not overwritten).
-            self._actual = None
-            self._neigh_have = {}
+            # Until the read succeeds, what we believe stays (the announcer relies on it).
+            self._reread = True
             self._dirty = True
 
     def set_source_routes(self, source: str, routes: dict[str, Route]) -> None:
@@ -113,8 +114,9 @@ class RouteManager:
         freed = self._watch.take_freed()
         if not (self._dirty or freed):
             return
-        if self._actual is None:
+        if self._actual is None or self._reread:
             self._actual = self.nl.dump_routes(self.proto)
+            self._reread = False
             log.info("read %d routes with protocol %d from the kernel", len(self._actual),
                      self.proto)
         want = self.desired()

@@ -1,6 +1,7 @@
 """bgp.manager against state fakes of the driver and the route manager: plan,
 announcements, learned routes, status."""
 
+import os
 import subprocess
 from types import SimpleNamespace
 
@@ -240,16 +241,44 @@ def test_run_directories_of_dead_agents_are_removed_and_no_other(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     alive = subprocess.Popen(["sleep", "30"])
+    ours = os.readlink("/proc/self/ns/pid")
     try:
-        for name, pid in (("felix-bgp-a-1", dead.pid), ("felix-bgp-b-2", alive.pid),
-                          ("felix-bgp-c-3", None), ("other-4", dead.pid)):
+        for name, owner in (("felix-bgp-a-1", f"{dead.pid} {ours}"),
+                            ("felix-bgp-b-2", f"{alive.pid} {ours}"),
+                            ("felix-bgp-c-3", None),
+                            ("felix-bgp-d-4", f"{dead.pid} pid:[1]"),   # another namespace's
+                            ("other-5", f"{dead.pid} {ours}")):
             (tmp_path / name).mkdir()
-            if pid is not None:
-                (tmp_path / name / OWNER_FILE).write_text(f"{pid}\n")
+            if owner is not None:
+                (tmp_path / name / OWNER_FILE).write_text(f"{owner}\n")
         (tmp_path / "felix-bgp-file").write_text("not a directory")
         assert remove_stale_run_dirs(str(tmp_path)) == [str(tmp_path / "felix-bgp-a-1")]
         assert sorted(p.name for p in tmp_path.iterdir()) == [
-            "felix-bgp-b-2", "felix-bgp-c-3", "felix-bgp-file", "other-4"]
+            "felix-bgp-b-2", "felix-bgp-c-3", "felix-bgp-d-4", "felix-bgp-file", "other-5"]
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_an_endpoint_taking_a_learned_prefix_filters_it_out_without_reconfiguring(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    s = store_with([])
+    s.bgp.mode = "route-reflector"
+    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
+    s.bgp.route_reflectors = {"10.1.0.250": model.RouteReflector(ip="10.1.0.250",
+                                                                 cluster_id="1.0.0.1")}
+    turn(m, posted, s)
+    d = m.driver
+    d.on_event(api.PeerState("10.1.0.250", "up", "10.1.0.11"))
+    d.on_event(api.RouteUpdate("10.1.0.250", {"10.65.0.9/32": "10.1.0.12"}))
+    turn(m, posted)
+    assert "10.65.0.9/32" in ctx.routes.sources["bgp"]
+    configures = d.configures
+
+    # The workload moves here: its prefix is ours now, and is no longer imported.
+    eid = EndpointId("h1", "k8s", "moved", "eth0")
+    s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(name="calim",
+                                                               ipv4_nets=["10.65.0.9/32"])
+    turn(m, posted, s, Changes(endpoints={eid}))
+    assert "10.65.0.9/32" not in ctx.routes.sources["bgp"]
+    assert d.configures == configures            # ExaBGP's configuration left alone

@@ -17,6 +17,7 @@ from felix_py.calc.store import Store
 from felix_py.dataplane.iptables import IptablesError, IptablesTable, parse_save, render
 from felix_py.dataplane.ipsets import IpsetError, Ipsets
 from felix_py.dataplane.manager import DataplaneError
+from felix_py.agent import fresh_host_order
 from felix_py.dataplane.manager import DataplaneRefresh
 from felix_py.dataplane.policy import PolicyManager
 from policy import names
@@ -310,6 +311,7 @@ def test_guard_writes_the_skeleton_on_a_cold_host_and_the_full_apply_still_recon
         assert "-o cali+ -j felix-tod" in fake.bodies("felix-FORWARD")
         assert not [c for c in fake.chains if c.startswith("felix-to-")]
     assert "felix-old" in v4.chains                                 # the guard removes nothing
+    assert not m.guard.fresh_host                                   # an older run's chain
     batches = len(v4.batches)
 
     m.on_changes(store, store.drain(), None)
@@ -333,6 +335,17 @@ def test_guard_leaves_the_chains_of_a_running_host_as_they_are():
                               ipsets=m.ipsets, check_backend=False)
     restarted.guard.apply()
     assert v4.chains == before and len(v4.batches) == batches       # not a rule rewritten
+    assert not restarted.guard.fresh_host
+
+
+def test_only_a_host_without_any_felix_chain_is_fresh():
+    m, v4, v6, _ = manager()
+    m.guard.apply()
+    assert m.guard.fresh_host and "felix-tod" in v4.chains and "felix-tod" in v6.chains
+    # Routes and announcements go first only there, the rest keeping its order.
+    assert fresh_host_order(["interfaces", "policy", "routes", "announce"],
+                            ("routes", "announce")) == ["routes", "announce", "interfaces",
+                                                        "policy"]
 
 
 def test_manager_reports_endpoint_problems_and_refreshes_on_message():

@@ -293,3 +293,20 @@ def test_a_refresh_puts_back_a_route_deleted_from_outside_and_leaves_a_newcomer_
     assert kernel.table["10.65.0.2/32"][0] == 4, "the newcomer was overwritten"
     state, reason = mgr.endpoint_problems()[w2]
     assert state == "error" and "protocol 4" in reason
+
+
+def test_a_refresh_whose_read_fails_keeps_what_the_announcer_relies_on(world, kernel):
+    mgr, feed, apply = world
+    workload(feed, "w1", "cali1", "10.65.0.1")
+    apply()
+
+    def broken(proto):
+        raise DataplaneError("netlink dump: No buffer space available (errno 105)")
+    kernel.dump_routes = broken
+    mgr.on_message(DataplaneRefresh())
+    with pytest.raises(DataplaneError):
+        mgr.apply()
+    assert "10.65.0.1/32" in mgr.actual            # not "no routes": nothing withdrawn
+    del kernel.dump_routes                          # the next read works
+    mgr.apply()
+    assert "10.65.0.1/32" in mgr.actual and ours(kernel, "10.65.0.1/32")
