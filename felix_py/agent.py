@@ -72,12 +72,16 @@ def build_managers(ctx: Context) -> list:
       reachable;
     - routes, then BGP's announcements of the routes that are in place.
 
+    Workload routes wait until the guard has succeeded (a host whose iptables cannot be
+    programmed routes no workload); learned routes do not.
+
     On a fresh host's first batch (``fresh_host_order``) routes and announcements go before
     interfaces and policy instead: no chains but the skeleton's exist there, so a workload
     routed before its own chains are written has its traffic dropped, and the fabric learns
     the routes while the chains are written."""
     bgp = BgpManager(ctx)
     policy = PolicyManager.from_ctx(ctx)
+    ctx.routes.gate = lambda: policy.guard.done
     return [bgp, policy.guard, InterfaceManager(), policy, ctx.routes, bgp.announcer]
 
 

@@ -57,6 +57,10 @@ class RouteManager:
         self._failed: dict[str, str] = {}
         self._owners: dict[str, EndpointId] = {}
         self._dirty = True
+        # Whether workload routes may change: the agent makes it wait for the skeleton of
+        # felix-py's chains (PolicyGuard), so a workload is never routed unpoliced.
+        self.gate: Callable[[], bool] = lambda: True
+        self._held: set[str] = set()
 
     # -- desired state -------------------------------------------------------------------
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
@@ -92,7 +96,10 @@ class RouteManager:
     def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
         problems = dict(self._problems)
         failed = {**self._failed, **{dst: _conflict_reason(dst, c)
-                                     for dst, c in self._conflicts.items()}}
+                                     for dst, c in self._conflicts.items()},
+                  **{dst: f"route {dst} waits until felix-py's iptables chains can be "
+                          "created (see the policy-guard errors in the agent's log)"
+                     for dst in self._held}}
         for dst, reason in failed.items():
             if dst in self._owners:
                 problems[self._owners[dst]] = ("error", reason)
@@ -124,9 +131,12 @@ class RouteManager:
         # A conflict waits until its prefix is freed or the route wanted there changes.
         self._conflicts = {dst: c for dst, c in previous.items()
                            if dst not in freed and want.get(dst) == c.route}
+        self._held = set() if self.gate() else {
+            dst for dst in self._sources["workloads"] if self._actual.get(dst) != want[dst]}
         changes = [("replace" if dst in self._actual else "create", r)
                    for dst, r in want.items()
-                   if self._actual.get(dst) != r and dst not in self._conflicts]
+                   if self._actual.get(dst) != r and dst not in self._conflicts
+                   and dst not in self._held]
         changes += [("delete", r) for dst, r in self._actual.items() if dst not in want]
         neigh = [("replace", k, mac) for k, mac in self._neigh_want.items()
                  if self._neigh_have.get(k) != mac]
@@ -155,7 +165,7 @@ class RouteManager:
                 self._neigh_have[k] = mac
             elif op == "delete" and not code:
                 self._neigh_have.pop(k, None)
-        self._dirty = bool(failed)
+        self._dirty = bool(failed or self._held)
         if failed:
             sample = "; ".join(f"{tag[0]} {tag[1].dst if isinstance(tag[1], Route) else tag[1]}: "
                                f"{errno.errorcode.get(c, c)}" for tag, c in list(failed.items())[:3])

@@ -310,3 +310,23 @@ def test_a_refresh_whose_read_fails_keeps_what_the_announcer_relies_on(world, ke
     del kernel.dump_routes                          # the next read works
     mgr.apply()
     assert "10.65.0.1/32" in mgr.actual and ours(kernel, "10.65.0.1/32")
+
+
+def test_workload_routes_wait_for_the_policy_skeleton_and_no_route_is_lost_meanwhile(
+        world, kernel):
+    mgr, feed, apply = world
+    w1 = workload(feed, "w1", "cali1", "10.65.0.1")
+    apply()
+    ready = False
+    mgr.gate = lambda: ready                        # the guard's iptables-restore fails
+    w2 = workload(feed, "w2", "cali2", "10.65.0.2")
+    mgr.set_source_routes("bgp", {"0.0.0.0/0": Route("0.0.0.0/0", gateways=("10.1.0.1",))})
+    apply()
+    assert "10.65.0.2/32" not in kernel.table       # not routed unpoliced
+    assert ours(kernel, "10.65.0.1/32")             # what was there stays
+    assert ours(kernel, "0.0.0.0/0")                # learned routes are not held
+    state, reason = mgr.endpoint_problems()[w2]
+    assert state == "error" and "iptables chains" in reason and w1 not in mgr.endpoint_problems()
+    ready = True                                    # the guard's retry succeeds
+    mgr.apply()
+    assert ours(kernel, "10.65.0.2/32") and w2 not in mgr.endpoint_problems()
