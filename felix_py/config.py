@@ -121,8 +121,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Ports the host may always reach outbound (etcd)."),
     Setting("DataplaneRefreshSecs", _int_range(0, 86400), 90, "Seconds between full "
             "re-reads of the kernel's routes with RouteProtocol, felix-py's iptables chains "
-            "and its ipsets, which put back what something else removed or changed; 0 "
-            "turns them off."),
+            "and ipsets, and the workload interfaces' settings, which put back what "
+            "something else removed or changed; 0 turns them off."),
     Setting("ExabgpPath", _str, "", "ExaBGP executable; empty means the one installed "
             "beside felix-py.", local_only=True),
     Setting("BgpGracefulRestartSecs", _int_range(0, 4095), 120, "Graceful-restart time "

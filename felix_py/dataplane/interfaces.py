@@ -6,7 +6,9 @@ reverse-path filtering are switched on; for an endpoint with an IPv6 address, al
 NDP, its zero delay and forwarding (an IPv4-only endpoint's interface is spared these three
 writes, half the cost of a cold start).  Once per agent: IPv4 and IPv6 forwarding for the
 host.  Each interface is configured once per ifindex (and again when its endpoint gains
-an IPv6 address): a veth re-created under the same name is configured again.
+an IPv6 address): a veth re-created under the same name is configured again.  A
+``DataplaneRefresh`` checks every interface and host setting again and puts back what
+something else changed.
 
 IPv6 has no proxy ARP that answers for any address: an endpoint with an IPv6 address gets a
 proxy NDP entry for its IPv6 gateway on its interface, so that the host answers the
@@ -23,7 +25,7 @@ import os
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.links import Links
-from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane.netlink import Netlink
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,21 @@ class InterfaceManager:
         self._names: dict[str, EndpointId] = {}
         self._proxies_want: dict[tuple[int, str], str] = {}   # (ifindex, gateway) -> name
         self._proxies_have: dict[tuple[int, str], str] = {}
+        self._refresh = False
+
+    def on_message(self, msg: object) -> None:
+        if isinstance(msg, DataplaneRefresh):
+            self._refresh = True
 
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
+        if self._refresh:
+            # Check every interface again (a write happens only where a value differs) and
+            # re-add every proxy entry: what something else changed is put back.
+            self._refresh = False
+            self._done.clear()
+            self._host_done = False
+            self._proxies_have = {}
+            changes = Changes(endpoints=set(store.local_endpoints))
         for eid in changes.endpoints:
             ep = store.local_endpoints.get(eid)
             info = links.get(ep.name) if ep is not None and ep.state == "active" else None

@@ -12,7 +12,7 @@ import pytest
 from felix_py.calc.store import Changes, Store
 from felix_py.dataplane.interfaces import GATEWAY_V6, InterfaceManager
 from felix_py.dataplane.links import LinkInfo, LinkUpdate, Links
-from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from policy.testing import Feeder
 
 H = "host-a"
@@ -139,3 +139,18 @@ def test_ipv6_settings_only_for_an_endpoint_with_an_ipv6_address_and_when_it_gai
     feed.endpoint(H, "w1", ep)
     apply()
     assert mgr.sysctl.values == {}
+
+
+def test_a_refresh_puts_back_what_something_else_changed(world):
+    mgr, kernel, feed, _links, apply = world
+    feed.endpoint(H, "w1", {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"],
+                            "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] = "0"    # someone else's doing
+    kernel.proxies.clear()
+    apply()
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "0"   # nothing noticed...
+    mgr.on_message(DataplaneRefresh())
+    apply()                                                         # ...until a refresh
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "1"
+    assert kernel.proxies == {(11, GATEWAY_V6)}
