@@ -87,10 +87,10 @@ def test_a_route_deleted_from_outside_comes_back_and_a_newcomer_is_left_alone(
     ours = "10.65.0.{} dev cali{} proto 98 scope link"
     wait_for(lambda: route_to(host, "10.65.0.2/32") == [ours.format(2, 2)], what="route to w2")
 
-    # An operator deletes both routes, and puts a route of their own where w2's was.
+    # An operator deletes w1's route, and puts a route of their own in place of w2's (in one
+    # step: the agent's refresh runs every second).
     host.run("ip route del 10.65.0.1/32")
-    host.run("ip route del 10.65.0.2/32")
-    host.run("ip route add 10.65.0.2/32 via 192.0.2.6 proto static")
+    host.run("ip route replace 10.65.0.2/32 via 192.0.2.6 proto static")
     wait_for(lambda: route_to(host, "10.65.0.1/32") == [ours.format(1, 1)], timeout=10,
              what="the deleted route put back by the agent's refresh")
     st = wait_for(lambda: (s := registry.endpoint_status(eid("w2"))) and s.status == "error"
