@@ -2,7 +2,8 @@
 
 On every batch it resolves the host's BGP plan (``bgp.config``) and the prefixes the host
 may announce (``felix_py.calc.routes.exported_prefixes``).  It works in two steps, which the
-agent applies at the two ends of its managers (``BgpManager`` first, its ``announcer`` last):
+agent applies apart (``agent.build_managers``): ``BgpManager`` first of all managers, its
+``announcer`` after the route manager:
 
 - ``BgpManager.apply()`` renders ExaBGP's configuration (starting ExaBGP, or restarting it
   only when the configuration changed) and hands the route manager the routes learned since
@@ -11,11 +12,12 @@ agent applies at the two ends of its managers (``BgpManager`` first, its ``annou
 - ``BgpAnnouncer.apply()`` hands the driver the prefixes to announce, which it sends as a
   diff and waits for ExaBGP to acknowledge: the owned IPAM blocks (their blackhole routes
   drop what is unused), and each workload address whose route the route manager has
-  installed.  Coming last, it sees what the route manager installed or lost in the same
-  batch (a link event leads to a batch): a workload is announced only once its policy and
-  its route are in place, and withdrawn when its route is gone (its interface deleted), so
-  that traffic for it never loops between host and ToR.  Until the first announcement the
-  driver sends peers nothing, not even End-of-RIB.
+  installed.  Coming after it, it sees what the route manager installed or lost in the
+  same batch (a link event leads to a batch): a workload is announced only once its route
+  is in place (and, except on a fresh host's first batch, its policy), and withdrawn when
+  its route is gone (its interface deleted), so that traffic for it never loops between
+  host and ToR.  Until the first announcement the driver sends peers nothing, not even
+  End-of-RIB.
 
 ExaBGP's events come back through the agent's queue (``BgpEvent`` messages to
 ``on_message``) into the per-peer table (``bgp.rib``), whose accepted routes go to the
@@ -265,7 +267,7 @@ class BgpManager:
     # -- apply ---------------------------------------------------------------------------
     def apply(self) -> None:
         """Configure ExaBGP and hand the route manager what was learned (first of the
-        managers); announcements are the announcer's, last."""
+        managers); announcements are the announcer's."""
         if self._first_apply:
             self._first_apply = False
             self._inherit()
@@ -435,7 +437,7 @@ class BgpManager:
 
 
 class BgpAnnouncer:
-    """The BGP manager's last step: its announcements, applied after every other manager
+    """The BGP manager's second step: its announcements, applied after the route manager
     (see the module's docstring)."""
     name = "bgp-announce"
 

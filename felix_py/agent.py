@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bgp.driver import Spare
-from bgp.manager import BgpManager
+from bgp.manager import BgpAnnouncer, BgpManager
 from felix_py import __version__
 from felix_py import config as config_mod
 from felix_py.calc.store import Changes, Store
@@ -34,7 +34,7 @@ from felix_py.dataplane.interfaces import InterfaceManager
 from felix_py.dataplane.links import (LinkMonitor, LinkMonitorFailed, Links, LinksSynced,
                                       LinkUpdate)
 from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
-from felix_py.dataplane.policy import PolicyManager
+from felix_py.dataplane.policy import PolicyGuard, PolicyManager
 from felix_py.dataplane.routes import RouteManager
 from felix_py.health import Health, Metrics, serve
 from felix_py.status import StatusReporter
@@ -250,12 +250,14 @@ class Agent:
         starts before the later managers have even computed their work."""
         t0 = time.monotonic()
         took: list[str] = []
-        head, rest = self.managers[:2], self.managers[2:]       # BGP, the policy guard
-        ok = all([self._apply_one(m, changes, took) for m in head])
-        guard = head[1]
-        if guard.fresh_host and not self.health.applied:
-            rest = fresh_host_order(rest, (self.ctx.routes, head[0].announcer))
-        ok = all([self._apply_one(m, changes, took) for m in rest]) and ok
+        ok = True
+        order = list(self.managers)
+        for i, m in enumerate(order):
+            ok = self._apply_one(m, changes, took) and ok
+            if isinstance(m, PolicyGuard) and m.fresh_host and not self.health.applied:
+                # Only what comes after the guard is reordered: the loop goes on through it.
+                early = tuple(x for x in order if isinstance(x, (RouteManager, BgpAnnouncer)))
+                order[i + 1:] = fresh_host_order(order[i + 1:], early)
         elapsed = time.monotonic() - t0
         self.metrics.apply_seconds.observe(elapsed)
         self.metrics.routes.set(len(self.ctx.routes.actual))

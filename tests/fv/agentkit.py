@@ -1,9 +1,12 @@
-"""Watching an agent from inside its namespace: its HTTP endpoints, its route events."""
+"""Watching an agent from inside its namespace: its HTTP endpoints, its route events; TCP
+listeners for connection tests."""
 
 import subprocess
 import sys
 import threading
 import time
+
+from felix_py.lab.netns import wait_for
 
 _GET = """import sys, urllib.error, urllib.request
 try:
@@ -44,3 +47,28 @@ def route_events_during(ns, action, family: str = "-4") -> list[str]:
         mon.wait(5)
         reader.join(5)
     return lines
+
+
+_LISTENER = """
+import select, socket, sys
+family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+socks = []
+for port in map(int, sys.argv[2:]):
+    s = socket.socket(family)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    s.listen(128)
+    socks.append(s)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        s.accept()[0].close()
+"""
+
+
+def listen(ns, ports, family: int = 4):
+    """A process in ``ns`` accepting (and closing) TCP connections on ``ports``, once every
+    port listens."""
+    proc = ns.popen([sys.executable, "-c", _LISTENER, str(family), *map(str, ports)])
+    wait_for(lambda: all(f":{p} " in ns.run(f"ss -Hltn{family}").stdout for p in ports),
+             what=f"IPv{family} listeners on {ports} in {ns.name}")
+    return proc

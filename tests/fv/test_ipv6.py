@@ -13,7 +13,7 @@ import re
 import sys
 
 import pytest
-from agentkit import route_events_during
+from agentkit import listen, route_events_during
 
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.interfaces import GATEWAY_V6
@@ -24,20 +24,6 @@ H = "host-6"
 PLUG = """import json, sys
 from felix_py.cni import link
 print(link.create(*json.loads(sys.argv[1])).container_mac)
-"""
-
-LISTENER = """
-import select, socket, sys
-socks = []
-for port in map(int, sys.argv[1:]):
-    s = socket.socket(socket.AF_INET6)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::", port))
-    s.listen(16)
-    socks.append(s)
-while True:
-    for s in select.select(socks, [], [])[0]:
-        s.accept()[0].close()
 """
 
 CONNECT = """
@@ -96,12 +82,6 @@ def ping6(ns, dst, src=None):
 def connect6(ns, dst, port):
     """'open', or the error a client sees (TimeoutError when policy drops the SYN)."""
     return ns.run([sys.executable, "-c", CONNECT, dst, str(port)], timeout=15).stdout.strip()
-
-
-def listen6(ns, ports):
-    ns.popen([sys.executable, "-c", LISTENER, *map(str, ports)])
-    wait_for(lambda: all(f":{p} " in ns.run("ss -Hltn6").stdout for p in ports),
-             what=f"listeners on {ports} in {ns.name}")
 
 
 def save6(host):
@@ -217,7 +197,7 @@ def test_policy_over_ipv6(host, netns_factory, registry, agent_factory):
         register(registry, name, mac, [], [v6(n)], [profile])
         wls[name], macs[name] = wl, mac
     srv, cli, oth = v6(0x10), v6(0x11), v6(0x12)
-    listen6(wls["srv"], [8080, 9090])
+    listen(wls["srv"], [8080, 9090], 6)
     agent_factory(host, H).wait_ready(registry)
 
     assert wait_for(lambda: connect6(wls["cli"], srv, 8080) == "open",

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from agentkit import listen
 
 from felix_py.datastore.keys import EndpointId, Kind
 from felix_py.calc.store import Store
@@ -35,21 +36,6 @@ WORKLOADS = {
     "b2": (HOST_B, "10.65.1.2", ["db"], {"role": "replica"}),
     "b3": (HOST_B, "10.65.1.3", ["ops"], {}),
 }
-
-LISTENER = """
-import select, socket, sys
-socks = []
-for port in map(int, sys.argv[1:]):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(128)
-    socks.append(s)
-while True:
-    for s in select.select(socks, [], [])[0]:
-        c, _ = s.accept()
-        c.close()
-"""
 
 PROBER = """
 import json, socket, subprocess, sys
@@ -76,13 +62,6 @@ with ThreadPoolExecutor(len(probes)) as ex:
 
 def eid(name):
     return EndpointId(WORKLOADS[name][0], "k8s", name, "eth0")
-
-
-def listen(ns, ports):
-    proc = ns.popen([sys.executable, "-c", LISTENER, *map(str, ports)])
-    nsmod.wait_for(lambda: all(f":{p} " in ns.run("ss -Hltn").stdout for p in ports),
-                   what=f"listeners on {ports} in {ns.name}")
-    return proc
 
 
 def probe_all(sources: dict, probes: dict) -> dict:

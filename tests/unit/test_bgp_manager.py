@@ -86,7 +86,8 @@ ALL = Changes(config=True, bgp=True, ipam=True, endpoints={None})
 
 def turn(m, posted, store=None, changes=ALL):
     """One batch of the agent's loop: the driver's events, the datastore's changes, then
-    the applies in the agent's order (the BGP manager first, its announcements last)."""
+    the applies in the agent's order (the BGP manager first, its announcements after the
+    routes)."""
     for msg in posted:
         m.on_message(msg)
     posted.clear()
