@@ -37,10 +37,13 @@ def write(registry: Registry, start: int, count: int, host: str = "h1") -> None:
 
 def snapshot_once(client, layout) -> float:
     done = threading.Event()
+    held = []       # a consumer keeps its records, as the baseline keeps its list
 
     def sink(msg):
         if isinstance(msg, InSync):
             done.set()
+        else:
+            held.append(msg)
     syncer = Syncer(client, layout, [layout.dir("v1")], sink)
     t0 = time.perf_counter()
     syncer.start()

@@ -36,8 +36,8 @@ STATE_DIR = os.environ.get("FELIX_STATE_DIR", "/run/felix-py")
 EMBEDDED_RECORD = os.path.join(STATE_DIR, "etcd-endpoint")
 
 
-def _items(resp) -> list[tuple[str, bytes, int]]:
-    return [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision) for kv in resp.kvs]
+def _items(kvs) -> list[tuple[str, bytes, int]]:
+    return [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision) for kv in kvs]
 
 
 class DatastoreError(Exception):
@@ -192,14 +192,14 @@ class EtcdClient:
         """Every (key, value, mod_revision) under ``prefix`` at one revision, read in pages.
         Returns the items and the revision they were read at."""
         items: list[tuple[str, bytes, int]] = []
-        for chunk, revision in self.iter_prefix(prefix, revision, page):
-            items.extend(chunk)
+        for kvs, revision in self.iter_prefix(prefix, revision, page):
+            items.extend(_items(kvs))
         return items, revision
 
     def iter_prefix(self, prefix: str, revision: int | None = None,
                     page: int = PAGE_SIZE) -> Iterator[tuple[list, int]]:
-        """Pages of (key, value, mod_revision) under ``prefix``, all at one revision (the
-        first page's, unless ``revision`` is given).  The next page is requested while the
+        """Pages of etcd's key-values (``.key``, ``.value``, ``.mod_revision``) under
+        ``prefix``, all at one revision (the first page's, unless ``revision`` is given).  The next page is requested while the
         caller works on the current one, so etcd's work overlaps the caller's; pages start
         small so that the caller starts soon, and double up to ``page``."""
         start = to_bytes(prefix)
@@ -208,7 +208,7 @@ class EtcdClient:
         resp = self._range_page(start, end, limit, revision)
         revision = resp.header.revision if revision is None else revision
         if not (resp.more and resp.kvs):        # one page: no helper thread
-            yield _items(resp), revision
+            yield resp.kvs, revision
             return
         with ThreadPoolExecutor(1, thread_name_prefix="etcd-page") as pool:
             while resp is not None:
@@ -217,7 +217,7 @@ class EtcdClient:
                     limit = min(limit * 2, page)
                     pending = pool.submit(self._range_page, resp.kvs[-1].key + b"\0", end,
                                           limit, revision)
-                yield _items(resp), revision
+                yield resp.kvs, revision
                 resp = pending.result() if pending is not None else None
 
     def _range_page(self, start: bytes, end: bytes, limit: int, revision: int | None):

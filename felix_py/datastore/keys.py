@@ -159,9 +159,16 @@ class KeyLayout:
         if not key.startswith(self._root):
             raise KeyLayoutError(f"key {key!r} is outside the prefix {self.prefix}")
         rest = key[len(self._root):]
-        if "//" in rest or rest.endswith("/") or not rest:
+        segs = rest.split("/")
+        if (len(segs) == 8 and segs[0] == "v1" and segs[1] == "host" and segs[3] == "workload"
+                and segs[6] == "endpoint" and all(segs)):
+            # Endpoint keys are most of a snapshot: the template's regex, by hand, ~3x faster
+            # (tests/unit/test_keys_config.py holds the two to the same result).
+            return ParsedKey(key, Kind.ENDPOINT, {"host": segs[2], "orchestrator": segs[4],
+                                                  "workload": segs[5], "endpoint": segs[7]})
+        if not all(segs):
             raise KeyLayoutError(f"key {key!r} has an empty path segment")
-        for kind, regex in _BY_LEN.get(rest.count("/") + 1, ()):
+        for kind, regex in _BY_LEN.get(len(segs), ()):
             m = regex.match(rest)
             if m is None:
                 continue

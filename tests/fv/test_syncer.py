@@ -1,8 +1,10 @@
 """The syncer against a real etcd: order, compaction, outages, big transactions."""
 
+import gc
 import json
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -187,7 +189,7 @@ def test_paged_read_is_one_revision_and_misses_nothing(client, layout, registry,
             registry.remove_endpoint(EndpointId("h1", "k8s", "p2000", "eth0"))
         pages += 1
         revisions.add(revision)
-        seen.extend(k for k, _, _ in chunk)
+        seen.extend(kv.key.decode() for kv in chunk)
     assert seen == expected and len(seen) == 2345
     assert pages >= 4 and len(revisions) == 1
 
@@ -214,3 +216,23 @@ def test_bad_writes_are_refused_and_nothing_is_written(client, layout, registry,
     with pytest.raises(ModelError, match="ipv4_nets"):
         registry.register_endpoints(items)
     assert etcd_contents(client, prefix) == set()
+
+
+def test_snapshot_records_are_freed_when_the_consumer_drops_them(client, layout, registry,
+                                                                  prefix):
+    """The snapshot keeps its records out of the cyclic collector (gc.freeze), so only
+    reference counting can free them: nothing may keep them alive or in a cycle."""
+    registry.register_endpoints([(EndpointId("h1", "k8s", f"f{i}", "eth0"), endpoint(i))
+                                 for i in range(300)])
+    frozen_before = gc.get_freeze_count()
+    view = View()
+    syncer = Syncer(client, layout, [prefix + "/"], view).start()
+    try:
+        assert view.in_sync.wait(10)
+    finally:
+        syncer.stop()
+    refs = [weakref.ref(r) for r in view.records.values()]
+    assert len(refs) == 300
+    assert gc.get_freeze_count() > frozen_before
+    del view, syncer
+    assert [r for r in refs if r() is not None] == []

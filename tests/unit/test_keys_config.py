@@ -3,6 +3,7 @@
 import pytest
 
 from felix_py import config
+from felix_py.datastore import keys
 from felix_py.datastore.keys import EndpointId, Kind, KeyLayout, KeyLayoutError
 
 
@@ -112,3 +113,24 @@ def test_config_file(tmp_path):
         config.read_file(str(f))
     with pytest.raises(config.ConfigError, match="cannot read"):
         config.read_file(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize("rest", [
+    "v1/host/h1/workload/k8s/w1/endpoint/eth0",
+    "v1/host/h 1/workload/o\n/w:1/endpoint/é",            # anything but "/" is a segment
+    "v1/host/h1/workload/k8s/w1/endpoint/",                # empty last segment
+    "v1/host/h1/workload/k8s//endpoint/e",
+    "v1/host/h1/workloads/k8s/w1/endpoint/e",              # a literal segment differs
+    "v1/host/h1/workload/k8s/w1/endpoints/e",
+    "v2/host/h1/workload/k8s/w1/endpoint/e",
+])
+def test_endpoint_key_fast_path_agrees_with_the_template(rest):
+    """parse() reads endpoint keys by hand; the endpoint template's regex is the reference."""
+    regex = next(r for kind, r in keys._BY_LEN[8] if kind is Kind.ENDPOINT)
+    m = regex.match(rest)
+    try:
+        got = KeyLayout().parse("/calico/" + rest)
+    except KeyLayoutError:
+        assert m is None
+    else:
+        assert m is not None and got.kind is Kind.ENDPOINT and got.parts == m.groupdict()
