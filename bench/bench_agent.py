@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from bench.report import median, percentile, write_section
+from bench.report import compile_project, median, percentile, write_section
 from felix_py.calc.store import Store
 from felix_py.datastore.client import EtcdClient
 from felix_py.datastore.embedded import EmbeddedEtcd
@@ -171,6 +171,7 @@ def main() -> None:
                                                          args.first, args.gap)))
         return
 
+    compile_project()
     ns = Netns(unique_name("bench-agent")).create()
     server = EmbeddedEtcd().start()
     agent = None

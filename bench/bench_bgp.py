@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from bench.report import median, write_section
+from bench.report import compile_project, median, write_section
 from bgp import fabric
 from bgp.config import BgpPlan, Peer
 from bgp.driver import ExaBgpDriver
@@ -258,6 +258,7 @@ def main(argv=None) -> int:
         sys.exit("bench_bgp needs root (network namespaces)")
     n = args.routes
     kinds = args.only or KINDS
+    compile_project()
     etcd = EmbeddedEtcd().start()
     results: dict[str, list[float]] = {k: [] for k in kinds}
     try:

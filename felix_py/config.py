@@ -17,7 +17,6 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import yaml
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +161,7 @@ class Config:
 def read_file(path: str | None) -> dict[str, str]:
     if not path:
         return {}
+    import yaml     # here, not at the top: 20 ms of every agent start without a config file
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}

@@ -1,9 +1,11 @@
 """bgp.launcher: its Neighbor.remove_self gives what ExaBGP's own gives, without the deep
-copy; the reactor runs more API steps per turn; nothing is changed that the launcher was
-not written for."""
+copy; the reactor runs more API steps per turn; UPDATEs list their routes in ExaBGP's
+order; nothing is changed that the launcher was not written for."""
 
+import random
 import subprocess
 import time
+import types
 
 import pytest
 
@@ -23,8 +25,11 @@ def exabgp(monkeypatch):
     from exabgp.protocol.ip import IP
     from exabgp.reactor.asynchronous import ASYNC
 
+    from exabgp.bgp.message.update import Update
+
     log.init(getenv())
     monkeypatch.setattr(Neighbor, "remove_self", Neighbor.remove_self)
+    monkeypatch.setattr(Update, "_split_nlris", Update._split_nlris)
     monkeypatch.setattr(ASYNC, "LIMIT", ASYNC.LIMIT)
 
     def neighbor(local):
@@ -67,6 +72,14 @@ def test_next_hop_self_resolves_per_neighbour_as_exabgp_does(exabgp):
     a, b = (Neighbor.remove_self(n, changes[0]) for n in (tor1, tor2))
     assert (str(a.nlri.nexthop), str(b.nlri.nexthop)) == ("10.1.0.12", "10.2.0.12")
     assert a.nlri is not b.nlri and a.attributes is not b.attributes
+    # One command's routes share one resolved attribute set per neighbour; the next
+    # command's attributes are resolved afresh.
+    assert Neighbor.remove_self(tor1, changes[1]).attributes is a.attributes
+    [later] = parse("attributes next-hop self community 64512:2 nlri 10.65.0.3/32")
+    c = Neighbor.remove_self(tor1, later)
+    assert c.attributes is not a.attributes
+    assert "64512:2" in c.extensive() and str(c.nlri.nexthop) == "10.1.0.12"
+    assert "64512:1" in Neighbor.remove_self(tor1, changes[0]).extensive()
 
 
 def test_an_explicit_next_hop_takes_exabgps_own_path(exabgp):
@@ -87,17 +100,45 @@ def test_the_reactor_runs_more_api_steps_per_turn(exabgp):
     assert ASYNC.LIMIT == launcher.API_STEPS == 500
 
 
+def test_the_routes_of_an_update_keep_exabgps_order(exabgp):
+    from exabgp.bgp.message.update import Update
+    from exabgp.bgp.message import Action
+    from exabgp.protocol.family import AFI, SAFI
+    Neighbor, neighbor, parse = exabgp
+    prefixes = [f"10.{i % 7}.{i % 251}.{i % 13}/32" for i in range(300)]
+    random.Random(5).shuffle(prefixes)
+    tor = neighbor("10.1.0.12")
+    parsed = parse("attributes next-hop self nlri " + " ".join(prefixes))
+    for c in parsed:
+        c.nlri.action = Action.ANNOUNCE          # as ExaBGP's announce command does
+    changes = [Neighbor.remove_self(tor, c) for c in parsed]
+    negotiated = types.SimpleNamespace(families=[(AFI.ipv4, SAFI.unicast)])
+
+    def order():
+        update = Update([c.nlri for c in changes], changes[0].attributes)
+        nlris, mp = update._split_nlris(negotiated)
+        assert mp == {}
+        return [n.index() for n in nlris]
+    want = order()
+    assert launcher.install() == []
+    assert order() == want and len(want) == 300 and want == sorted(want)
+
+
 def test_what_exabgp_changed_is_left_alone(exabgp, monkeypatch):
+    from exabgp.bgp.message.update import Update
     from exabgp.reactor.asynchronous import ASYNC
     Neighbor, _, _ = exabgp
-    before = Neighbor.remove_self
+    before, split = Neighbor.remove_self, Update._split_nlris
     monkeypatch.setattr(launcher, "ORIGINAL", launcher.ORIGINAL.replace("deepcopy", "copy"))
     monkeypatch.setattr(ASYNC, "LIMIT", 64)
+    monkeypatch.setattr(launcher, "SORTED_NLRIS", "for nlri in self.nlris:")
     problems = launcher.install()
-    assert len(problems) == 2
+    assert len(problems) == 3
     assert "Neighbor.remove_self is not the one this launcher replaces" in problems[0]
     assert "runs 64 API steps per turn, not 50" in problems[1]
+    assert "Update._split_nlris does not sort as this launcher expects" in problems[2]
     assert Neighbor.remove_self is before and ASYNC.LIMIT == 64
+    assert Update._split_nlris is split
 
 
 def test_the_installed_exabgp_runs_with_both_changes():

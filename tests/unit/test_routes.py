@@ -250,6 +250,33 @@ def test_an_ipv6_device_route_reads_back_as_the_link_route_written():
         (PROTO, Route("fd00::5/128", oif=7, gateways=("fd00::1",)))
 
 
+@pytest.mark.parametrize("route", [
+    Route("10.65.0.5/32", oif=7, scope="link"),
+    Route("0.0.0.0/0", gateways=("10.0.0.1", "10.0.1.1")),
+    Route("10.96.0.0/12", kind="blackhole"),
+    Route("fd00::5/128", oif=7, gateways=("fd00::1",)),
+    Route("::/0", gateways=("fd00::1", "fd00::2")),
+])
+def test_a_route_message_reads_back_as_the_route_written(route):
+    _, msg = _message(route)
+    assert nl.parse_route(msg[nl._HDR.size:], PROTO) == (PROTO, route)
+
+
+@pytest.mark.parametrize("dst", ["10.65.0.5/24", "10.0.0.0/33", "10.0.0.0/x", "10.0.0.0/",
+                                 "300.1.1.1/32", "fd00::1/64", "cali0"])
+def test_a_route_to_something_that_is_not_a_network_is_refused(dst):
+    with pytest.raises(ValueError, match="not"):
+        _message(Route(dst, oif=7))
+
+
+def _message(route):
+    sock = nl.Netlink()
+    try:
+        return sock.route_message("create", route, PROTO)
+    finally:
+        sock.close()
+
+
 def test_a_link_message_gives_its_name_state_and_mac_whatever_the_attribute_order():
     def link(flags, *attrs):
         return nl._IFINFO.pack(0, 1, 7, flags, 0) + b"".join(nl._attr(k, v) for k, v in attrs)
