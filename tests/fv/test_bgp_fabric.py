@@ -90,6 +90,24 @@ def forwarding(*nss):
         ns.sysctl("net.ipv4.ip_forward", 1)
 
 
+def test_the_control_socket_client_prints_what_birdc_prints(netns_factory, birds):
+    ns = netns_factory("bc")
+    bird = birds(ns, "sw", "router id 10.9.0.1;\nprotocol device {}\n"
+                           "protocol static st { ipv4; route 10.9.1.0/24 blackhole; "
+                           "route 10.9.2.0/24 unreachable; }\n"
+                           "protocol bgp peer1 { local as 65001; neighbor 10.9.9.1 as 65002; "
+                           "ipv4 { import all; export all; }; }\n")
+    for command in (["show", "route", "count"], ["show", "route", "all"],
+                    ["show", "protocols"], ["configure"]):
+        assert bird.birdc(*command) == ns.run(["birdc", "-s", bird.sock, *command]).stdout
+    assert set(bird.routes()) == {"10.9.1.0/24", "10.9.2.0/24"}
+    with pytest.raises(nsmod.NetnsError, match="Network not found"):
+        bird.birdc("show", "route", "for", "10.7.0.0")     # birdc fails on it as well
+    bird.stop()
+    with pytest.raises(nsmod.NetnsError, match="BIRD sw"):
+        bird.birdc("show", "status")
+
+
 def test_downward_default_fabric(netns_factory, workload_factory, registry, client, layout,
                                  open_profile,
                                  agents, birds):
