@@ -82,7 +82,8 @@ def build_managers(ctx: Context) -> list:
     bgp = BgpManager(ctx)
     policy = PolicyManager.from_ctx(ctx)
     ctx.routes.gate = lambda: policy.guard.done
-    return [bgp, policy.guard, InterfaceManager(), policy, ctx.routes, bgp.announcer]
+    return [bgp, policy.guard, InterfaceManager(prefixes=ctx.config.interface_prefix), policy,
+            ctx.routes, bgp.announcer]
 
 
 def fresh_host_order(rest: list, early: tuple) -> list:
@@ -341,7 +342,8 @@ class Agent:
 
 
 class Ticker(threading.Thread):
-    """Calls ``fn`` every ``interval`` seconds until stopped."""
+    """Calls ``fn`` every ``interval`` seconds until stopped; a call that raises is logged
+    and the next one comes on time."""
 
     def __init__(self, interval: float, fn: Callable[[], None]):
         super().__init__(daemon=True, name="felix-refresh")
@@ -351,7 +353,11 @@ class Ticker(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            self.fn()
+            try:
+                self.fn()
+            except Exception:
+                log.exception("periodic %s failed; it runs again in %gs", self.name,
+                              self.interval)
 
     def stop(self) -> None:
         self._halt.set()

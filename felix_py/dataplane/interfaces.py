@@ -13,7 +13,9 @@ something else changed.
 IPv6 has no proxy ARP that answers for any address: an endpoint with an IPv6 address gets a
 proxy NDP entry for its IPv6 gateway on its interface, so that the host answers the
 workload's neighbour solicitations for it, whatever MAC the host end has.  These entries
-are kept equal to the endpoints' gateways (added, moved, removed) while the agent runs.
+are kept equal to the endpoints' gateways (added, moved, removed).  At start and at each
+refresh the kernel's entries on workload interfaces (named with an ``InterfacePrefix``) are
+read back, so that one left by an endpoint removed while the agent was stopped goes too.
 """
 
 from __future__ import annotations
@@ -87,9 +89,11 @@ class ProcSys:
 class InterfaceManager:
     name = "interfaces"
 
-    def __init__(self, netlink: Netlink | None = None, sysctl: ProcSys | None = None):
+    def __init__(self, netlink: Netlink | None = None, sysctl: ProcSys | None = None,
+                 prefixes: tuple[str, ...] = ("cali",)):
         self.nl = netlink or Netlink()
         self.sysctl = sysctl or ProcSys()
+        self.prefixes = tuple(prefixes)
         self._host_done = False
         self._want: dict[str, tuple[int, bool, bool]] = {}  # name -> (ifindex, admin up, IPv6)
         self._done: dict[str, tuple[int, bool]] = {}        # name -> (ifindex, IPv6) configured
@@ -97,6 +101,7 @@ class InterfaceManager:
         self._names: dict[str, EndpointId] = {}
         self._proxies_want: dict[tuple[int, str], str] = {}   # (ifindex, gateway) -> name
         self._proxies_have: dict[tuple[int, str], str] = {}
+        self._read_proxies: dict[int, str] | None = {}    # ifindex -> name: read them back
         self._refresh = False
 
     def on_message(self, msg: object) -> None:
@@ -110,8 +115,12 @@ class InterfaceManager:
             self._refresh = False
             self._done.clear()
             self._host_done = False
-            self._proxies_have = {}
+            self._read_proxies = {}
             changes = Changes(endpoints=set(store.local_endpoints))
+        if self._read_proxies is not None:
+            for name in links.names():
+                if name.startswith(self.prefixes):
+                    self._read_proxies[links.get(name).index] = name
         for eid in changes.endpoints:
             ep = store.local_endpoints.get(eid)
             info = links.get(ep.name) if ep is not None and ep.state == "active" else None
@@ -134,6 +143,12 @@ class InterfaceManager:
             for path, value in HOST_SYSCTLS:
                 self.sysctl.write(path, value)
             self._host_done = True
+        if self._read_proxies is not None:
+            # What the kernel holds on workload interfaces, ours or left from before.
+            self._proxies_have = {(index, ip): self._read_proxies[index]
+                                  for index, ip in self.nl.dump_proxy_neighbours()
+                                  if index in self._read_proxies}
+            self._read_proxies = None
         # Not yet configured for this ifindex, or not for IPv6 where it is needed now.
         todo = {n: v for n, v in self._want.items()
                 if not v[1] or self._done.get(n) not in ((v[0], v[2]), (v[0], True))}

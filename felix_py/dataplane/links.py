@@ -2,8 +2,8 @@
 
 ``LinkMonitor`` subscribes to RTMGRP_LINK, then dumps the existing links on the same socket,
 so the dump and later events arrive in the kernel's order; it posts the dump as one
-``LinksSynced`` message (thousands of links at a host's start), then a ``LinkUpdate`` per
-event, to the agent's queue.  ``Links`` is the table the main loop keeps from those messages, and
+``LinksSynced`` message (thousands of links at a host's start), then the events that came
+in the middle of the dump, then a ``LinkUpdate`` per event, to the agent's queue.  ``Links`` is the table the main loop keeps from those messages, and
 what managers look interfaces up in.  No polling.
 """
 
@@ -94,7 +94,10 @@ class LinkMonitor:
     def _run(self) -> None:
         sock = self._sock
         try:
-            self.post(LinksSynced(tuple(LinkInfo(*link) for link in sock.dump_links())))
+            during: list[tuple[int, bytes]] = []
+            self.post(LinksSynced(tuple(LinkInfo(*link) for link in sock.dump_links(during))))
+            for msg_type, payload in during:    # a link added or removed mid-dump
+                self._event(msg_type, payload)
             while not self._stop.is_set():
                 ready, _, _ = select.select([sock.fileno()], [], [], 0.5)
                 if not ready:

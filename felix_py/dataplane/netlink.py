@@ -20,7 +20,7 @@ from felix_py.dataplane.manager import DataplaneError
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_DUMP, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x300, 0x100, 0x200, 0x400
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
@@ -236,12 +236,17 @@ class Netlink:
             yield msg_type, seq, data[offset + _HDR.size: offset + length]
             offset += (length + 3) & ~3
 
-    def _dump(self, msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
+    def _dump(self, msg_type: int, body: bytes,
+              others: list | None = None) -> Iterator[tuple[int, bytes]]:
+        """The dump's messages; anything else read meanwhile (the events of a subscribed
+        socket) goes to ``others`` as (type, payload), in the order it came, or is dropped."""
         seq, msg = self._message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body)
         self.sock.send(msg)
         while True:
             for mtype, mseq, payload in self._recv():
                 if mseq != seq:
+                    if others is not None:
+                        others.append((mtype, payload))
                     continue
                 if mtype == NLMSG_DONE:
                     return
@@ -273,9 +278,23 @@ class Netlink:
                 if mtype == RTM_NEWROUTE and (parsed := parse_route(payload, proto)):
                     yield parsed
 
-    def dump_links(self) -> list[tuple[int, str, bool, str | None]]:
+    def dump_proxy_neighbours(self, family: int = socket.AF_INET6) -> list[tuple[int, str]]:
+        """Every proxy neighbour entry of ``family`` (``ip neigh show proxy``), as
+        (ifindex, address)."""
+        out = []
+        for _mtype, payload in self._dump(RTM_GETNEIGH, _NDMSG.pack(family, 0, 0, NTF_PROXY, 0)):
+            fam, ifindex, _state, flags, _type = _NDMSG.unpack_from(payload)
+            attrs = dict(_parse_attrs(payload, _NDMSG.size, len(payload)))
+            if fam == family and flags & NTF_PROXY and NDA_DST in attrs:
+                out.append((ifindex, socket.inet_ntop(family, attrs[NDA_DST])))
+        return out
+
+    def dump_links(self, events: list | None = None) -> list[tuple[int, str, bool, str | None]]:
+        """Every link as (index, name, up, mac); on a socket subscribed to link events, the
+        events that came during the dump go to ``events`` (they are newer than parts of
+        the dump, so they are to be applied after it)."""
         return [link for mtype, payload in
-                self._dump(RTM_GETLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+                self._dump(RTM_GETLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0), events)
                 if (link := parse_link(payload)) is not None]
 
 

@@ -163,9 +163,11 @@ def test_gateway_answered_by_proxy_ndp_whatever_the_host_end_mac(
     _, peer_mac = plug(host, netns_factory, "d2", ["10.65.6.2"], [v6(2)])
     register(registry, "o1", None, ["10.65.7.1"], [v6(0x21)], [open_profile])
     register(registry, "d2", peer_mac, ["10.65.6.2"], [v6(2)], [open_profile])
+    # Left by an endpoint removed while no agent ran: the agent's start removes it.
+    host.run("ip -6 neigh add proxy fe80::dead dev calio1")
     agent_factory(host, H).wait_ready(registry)
 
-    wait_for(lambda: proxies(host, "calio1")[:1] == [GATEWAY_V6], what="proxy NDP entry")
+    wait_for(lambda: proxies(host, "calio1") == [GATEWAY_V6, "proxy"], what="proxy NDP entry")
     for name, value in (("conf.calio1.proxy_ndp", "1"), ("conf.calio1.forwarding", "1"),
                         ("neigh.calio1.proxy_delay", "0")):
         assert host.run(f"sysctl -n net.ipv6.{name}").stdout.strip() == value, name

@@ -141,7 +141,7 @@ def test_what_exabgp_changed_is_left_alone(exabgp, monkeypatch):
     assert Update._split_nlris is split
 
 
-def test_the_installed_exabgp_runs_with_both_changes():
+def test_the_installed_exabgp_runs_with_every_change():
     r = subprocess.run(launcher_argv() + ["version"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "ExaBGP : 5.0." in r.stdout
@@ -155,7 +155,7 @@ def test_a_spare_runs_exabgp_as_it_is_told_later():
     out = proc.stdout.read().decode()
     assert proc.wait(60) == 0
     assert "bind = '10.9.9.9'" in out            # the environment it was given
-    assert launcher.WARNING_TAG not in out       # and both changes made
+    assert launcher.WARNING_TAG not in out       # and every change made
     assert spare.take(["env"], {}, "/") is None  # one process, taken once
 
 

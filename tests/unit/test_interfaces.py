@@ -50,6 +50,9 @@ class FakeNetlink:
                 self.proxies.discard((index, ip))
         return failed
 
+    def dump_proxy_neighbours(self):
+        return sorted(self.proxies)
+
     def remove_link(self, index):
         self.gone.add(index)
         self.proxies = {p for p in self.proxies if p[0] != index}
@@ -154,3 +157,21 @@ def test_a_refresh_puts_back_what_something_else_changed(world):
     apply()                                                         # ...until a refresh
     assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "1"
     assert kernel.proxies == {(11, GATEWAY_V6)}
+
+
+def test_entries_left_on_workload_interfaces_from_before_the_start_are_removed(world):
+    """An endpoint removed while the agent was stopped left its entry on an interface that
+    is still there; a host's own entry on a non-workload interface is not the agent's."""
+    mgr, kernel, feed, links, apply = world
+    links.apply(LinkUpdate("eth0", LinkInfo(5, "eth0", True, None)))
+    kernel.proxies = {(11, GATEWAY_V6), (11, "fd00::99"), (12, GATEWAY_V6), (5, "fd00::5")}
+    feed.endpoint(H, "w1", {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"],
+                            "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    assert kernel.proxies == {(11, GATEWAY_V6), (5, "fd00::5")}
+    kernel.proxies.add((12, "fe80::1"))                             # someone else's doing
+    apply()
+    assert (12, "fe80::1") in kernel.proxies                        # noticed at a refresh
+    mgr.on_message(DataplaneRefresh())
+    apply()
+    assert kernel.proxies == {(11, GATEWAY_V6), (5, "fd00::5")}

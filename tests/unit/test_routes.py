@@ -9,14 +9,16 @@ prefix, so tests can tell a conflict that is left alone from one that is retried
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
+import types
 from collections import Counter
 
 import pytest
 
 from felix_py.calc.store import Store
-from felix_py.dataplane.links import LinkInfo, LinkUpdate, Links
+from felix_py.dataplane.links import LinkInfo, LinkMonitor, LinksSynced, LinkUpdate, Links
 from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane import netlink as nl
 from felix_py.dataplane.netlink import Route
@@ -301,6 +303,57 @@ def test_a_complete_link_dump_replaces_the_table_and_names_what_changed():
     assert links.get("cali1") is None and links.get("cali2").up is False
     assert links.names() == {"cali2", "cali3"}
     assert links.replace((LinkInfo(12, "cali2", False, None), c)) == set()
+
+
+class ScriptedSocket(nl.Netlink):
+    """A link-event socket whose reads are scripted: each chunk is what one read returns,
+    as (type, sequence number, payload); sequence 1 is the dump's."""
+
+    def __init__(self, chunks):
+        self._seq, self._chunks = 0, list(chunks)
+        self._idle = os.pipe()
+        self.sock = types.SimpleNamespace(send=lambda msg: None, close=lambda: None,
+                                          fileno=lambda: self._idle[0])
+
+    def _recv(self):
+        yield from self._chunks.pop(0)
+
+    def close(self):
+        for fd in self._idle:
+            os.close(fd)
+
+
+def _link(index, name, up=True):
+    return nl._IFINFO.pack(0, 1, index, nl.IFF_UP if up else 0, 0) + \
+        nl._attr(nl.IFLA_IFNAME, name.encode() + b"\0")
+
+
+def test_links_added_and_removed_in_the_middle_of_the_dump_are_not_lost():
+    """Events are read interleaved with the dump's answers; the dump of cali1 came before
+    cali1 went, and cali9 came after the dump had passed it."""
+    sock = ScriptedSocket([
+        [(nl.RTM_NEWLINK, 1, _link(11, "cali1")), (nl.RTM_NEWLINK, 0, _link(19, "cali9"))],
+        [(nl.RTM_DELLINK, 0, _link(11, "cali1")), (nl.RTM_NEWLINK, 1, _link(12, "cali2"))],
+        [(nl.NLMSG_DONE, 1, b"")],
+    ])
+    posted, links = [], Links()
+    monitor = LinkMonitor(posted.append)
+    monitor._sock = sock
+
+    def post(msg):
+        posted.append(msg)
+        monitor._stop.set()              # the dump is in: end the event loop after it
+    monitor.post = post
+    try:
+        monitor._run()
+    finally:
+        sock.close()
+    assert isinstance(posted[0], LinksSynced)
+    links.replace(posted[0].links)
+    for upd in posted[1:]:
+        links.apply(upd)
+    assert links.names() == {"cali2", "cali9"}
+    assert links.get("cali9").index == 19
 
 
 def test_a_refresh_puts_back_a_route_deleted_from_outside_and_leaves_a_newcomer_alone(
