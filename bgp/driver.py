@@ -195,10 +195,12 @@ class ExaBgpDriver:
         self._ensure_thread()
         self._tasks.put(("configure",))
 
-    def set_routes(self, prefixes: set[str] | frozenset[str], wait: float | None = None) -> None:
+    def set_routes(self, prefixes: set[str] | frozenset[str], wait: float | None = None) -> bool:
         """Announce exactly ``prefixes``.  With ``wait``, block until the running ExaBGP has
-        acknowledged them (raise DriverError after ``wait`` seconds); returns at once if no
-        process is running (a new one announces everything when it starts)."""
+        acknowledged them, at most ``wait`` seconds; True when it has.  Returns at once if
+        no process is running (a new one announces everything when it starts).  Either way
+        the announcements go on in the driver's thread, which restarts an ExaBGP that stops
+        acknowledging (``ack_timeout``)."""
         with self._lock:
             if self._desired is None or frozenset(prefixes) != self._desired:
                 self._desired = frozenset(prefixes)
@@ -206,14 +208,14 @@ class ExaBgpDriver:
                 self._tasks.put(("sync",))
             version = self._desired_version
             if wait is None or self.state is not State.RUNNING:
-                return
+                return self._acked_version >= version
             deadline = time.monotonic() + wait
             while self._acked_version < version and self.state is State.RUNNING:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise DriverError(f"ExaBGP did not acknowledge the announcements within "
-                                      f"{wait:.0f}s")
+                    return False
                 self._acked.wait(left)
+            return self._acked_version >= version
 
     @property
     def helper_argv(self) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ from typing import Callable
 
 from bgp import api
 from bgp.config import BgpPlan, resolve
-from bgp.driver import DriverError, ExaBgpDriver, ProcessDown, ProcessUp
+from bgp.driver import ExaBgpDriver, ProcessDown, ProcessUp
 from bgp.exabgp_config import ConfigRejected, Options, listen_addresses, render
 from bgp.rib import ERROR, ESTABLISHED, Rib
 from felix_py import model
@@ -57,7 +57,10 @@ from felix_py.dataplane.netlink import Netlink, Route
 log = logging.getLogger(__name__)
 
 SOURCE = "bgp"
-ACK_WAIT = 15.0
+# How long a batch waits for ExaBGP to take its announcements before going on: long enough
+# for thousands (ExaBGP then has the CPU to itself), short enough that a stuck ExaBGP does
+# not hold the agent's loop; the driver restarts one that stops answering.
+ACK_WAIT = 3.0
 
 
 @dataclass(frozen=True)
@@ -334,10 +337,13 @@ class BgpManager:
                              or (p in actual and not actual[p].gateways))
         if exported == self.exported and not self._announce_dirty:
             return
-        try:
-            self.driver.set_routes(set(exported), wait=ACK_WAIT)
-        except DriverError as e:
-            raise DataplaneError(str(e)) from None
+        if not self.driver.set_routes(set(exported), wait=ACK_WAIT):
+            # Still taking them (or stuck, which the driver deals with): the rest of the
+            # batch goes on, and the next one looks again.
+            log.info("ExaBGP has not taken all %d announcements within %.0fs; going on",
+                     len(exported), ACK_WAIT)
+            self._announce_dirty = True
+            return
         self.exported = exported
         self._announce_dirty = False
 

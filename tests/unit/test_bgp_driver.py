@@ -4,7 +4,7 @@ import sys
 import time
 
 from bgp.config import BgpPlan, Peer
-from bgp.driver import ExaBgpDriver
+from bgp.driver import ExaBgpDriver, ProcessDown
 from bgp.exabgp_config import Options, render
 from felix_py.lab.netns import wait_for
 
@@ -54,5 +54,34 @@ def test_nothing_is_sent_before_the_announcements_are_known(tmp_path):
             "neighbor 10.1.0.1 announce attributes next-hop self nlri 10.65.0.1/32",
             "neighbor 10.1.0.1 announce eor ipv4 unicast"]
         assert driver.announced == {"10.65.0.1/32"}
+    finally:
+        driver.close()
+
+
+def test_a_silent_exabgp_does_not_hold_the_caller_and_is_restarted(tmp_path):
+    """It takes the announcement and never answers: set_routes gives up waiting after its
+    ``wait`` (the agent's loop goes on), and the driver restarts ExaBGP after
+    ``ack_timeout``."""
+    fake = tmp_path / "exabgp"
+    fake.write_text(FAKE_EXABGP.format(python=sys.executable).replace('        say("done")\n',
+                                                                       ""))
+    fake.chmod(0o755)
+    events = []
+    driver = ExaBgpDriver(str(tmp_path / "run"), events.append, exabgp=str(fake),
+                          ack_timeout=1.0)
+    try:
+        plan = BgpPlan("h1", True, "downward-default", 64512, "10.1.0.11",
+                       (Peer("10.1.0.1", 65101, "tor"),))
+        text, _ = render(plan, Options(helper=driver.helper_argv))
+        driver.configure(text, {"10.1.0.1": 4})
+        wait_for(lambda: any(getattr(e, "state", None) == "up" for e in events), 10,
+                 what="the session up")
+        t0 = time.monotonic()
+        assert driver.set_routes({"10.65.0.1/32"}, wait=0.3) is False
+        assert 0.25 <= time.monotonic() - t0 < 2
+        wait_for(lambda: any(isinstance(e, ProcessDown) for e in events), 10,
+                 what="ExaBGP restarted for not answering")
+        assert "no acknowledgement from ExaBGP within 1s" in next(
+            e.reason for e in events if isinstance(e, ProcessDown))
     finally:
         driver.close()

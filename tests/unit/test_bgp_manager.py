@@ -1,6 +1,7 @@
 """bgp.manager against state fakes of the driver and the route manager: plan,
 announcements, learned routes, status."""
 
+import logging
 import os
 import subprocess
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ class FakeDriver:
         self.helper_argv = ("/usr/bin/python3", "-m", "bgp.bridge", f"{run_dir}/api.sock")
         self.configures = 0
         self.told = 0                   # set_routes calls: the first one lets End-of-RIB go
+        self.acknowledging = True       # False: ExaBGP does not take them within the wait
 
     def configure(self, text, families, listen=()):
         if text != self.config:
@@ -39,6 +41,7 @@ class FakeDriver:
     def set_routes(self, prefixes, wait=None):
         self.announced = frozenset(prefixes)
         self.told += 1
+        return self.acknowledging
 
     def close(self):
         self.state = State.CLOSED
@@ -133,6 +136,23 @@ def test_exabgp_is_configured_first_and_told_the_announcements_last(tmp_path):
     assert m.driver.announced == frozenset()
     m.announcer.apply()         # last, once policy and routes are programmed
     assert m.driver.announced == {"10.65.0.1/32"}
+
+
+def test_announcements_not_taken_in_time_are_waited_for_again_by_the_next_batch(
+        tmp_path, caplog):
+    m, ctx, posted = make(tmp_path)
+    ctx.routes.install("10.65.0.1/32")
+    m.driver.acknowledging = False
+    with caplog.at_level(logging.INFO, logger="bgp.manager"):
+        turn(m, posted, store_with([("10.1.0.1", 65101)]))     # goes on, does not raise
+    assert "has not taken all 1 announcements within 3s; going on" in caplog.text
+    assert m.driver.told == 1
+    turn(m, posted, changes=NO_CHANGES)         # nothing changed, but it looks again
+    assert m.driver.told == 2
+    m.driver.acknowledging = True
+    turn(m, posted, changes=NO_CHANGES)
+    turn(m, posted, changes=NO_CHANGES)         # taken: not asked again
+    assert m.driver.told == 3 and m.announcer.bgp.exported == {"10.65.0.1/32"}
 
 
 def test_endpoint_changes_are_diffs_and_do_not_restart_exabgp(tmp_path):
