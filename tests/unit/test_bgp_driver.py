@@ -29,20 +29,30 @@ with open(os.path.join(os.path.dirname(sys.argv[-1]), "commands"), "a") as log:
 """
 
 
-def test_nothing_is_sent_before_the_announcements_are_known(tmp_path):
+def started(tmp_path, script=FAKE_EXABGP, **kw):
+    """A driver running ``script`` as ExaBGP, configured with one ToR, its session up."""
     fake = tmp_path / "exabgp"
-    fake.write_text(FAKE_EXABGP.format(python=sys.executable))
+    fake.write_text(script.format(python=sys.executable))
     fake.chmod(0o755)
     events = []
-    driver = ExaBgpDriver(str(tmp_path / "run"), events.append, exabgp=str(fake))
-    commands = tmp_path / "run" / "commands"
+    driver = ExaBgpDriver(str(tmp_path / "run"), events.append, exabgp=str(fake), **kw)
+    plan = BgpPlan("h1", True, "downward-default", 64512, "10.1.0.11",
+                   (Peer("10.1.0.1", 65101, "tor"),))
+    text, _ = render(plan, Options(helper=driver.helper_argv))
+    driver.configure(text, {"10.1.0.1": 4})
     try:
-        plan = BgpPlan("h1", True, "downward-default", 64512, "10.1.0.11",
-                       (Peer("10.1.0.1", 65101, "tor"),))
-        text, _ = render(plan, Options(helper=driver.helper_argv))
-        driver.configure(text, {"10.1.0.1": 4})
         wait_for(lambda: any(getattr(e, "state", None) == "up" for e in events), 10,
                  what="the session up")
+    except BaseException:
+        driver.close()
+        raise
+    return driver, events
+
+
+def test_nothing_is_sent_before_the_announcements_are_known(tmp_path):
+    driver, _ = started(tmp_path)
+    commands = tmp_path / "run" / "commands"
+    try:
         time.sleep(0.5)
         # A restarted agent's peers keep its routes until End-of-RIB: not before it knows
         # what to announce.
@@ -62,20 +72,9 @@ def test_a_silent_exabgp_does_not_hold_the_caller_and_is_restarted(tmp_path):
     """It takes the announcement and never answers: set_routes gives up waiting after its
     ``wait`` (the agent's loop goes on), and the driver restarts ExaBGP after
     ``ack_timeout``."""
-    fake = tmp_path / "exabgp"
-    fake.write_text(FAKE_EXABGP.format(python=sys.executable).replace('        say("done")\n',
-                                                                       ""))
-    fake.chmod(0o755)
-    events = []
-    driver = ExaBgpDriver(str(tmp_path / "run"), events.append, exabgp=str(fake),
-                          ack_timeout=1.0)
+    driver, events = started(tmp_path, FAKE_EXABGP.replace('        say("done")\n', ""),
+                             ack_timeout=1.0)
     try:
-        plan = BgpPlan("h1", True, "downward-default", 64512, "10.1.0.11",
-                       (Peer("10.1.0.1", 65101, "tor"),))
-        text, _ = render(plan, Options(helper=driver.helper_argv))
-        driver.configure(text, {"10.1.0.1": 4})
-        wait_for(lambda: any(getattr(e, "state", None) == "up" for e in events), 10,
-                 what="the session up")
         t0 = time.monotonic()
         assert driver.set_routes({"10.65.0.1/32"}, wait=0.3) is False
         assert 0.25 <= time.monotonic() - t0 < 2
