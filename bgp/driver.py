@@ -197,10 +197,10 @@ class ExaBgpDriver:
 
     def set_routes(self, prefixes: set[str] | frozenset[str], wait: float | None = None) -> bool:
         """Announce exactly ``prefixes``.  With ``wait``, block until the running ExaBGP has
-        acknowledged them, at most ``wait`` seconds; True when it has.  Returns at once if
-        no process is running (a new one announces everything when it starts).  Either way
-        the announcements go on in the driver's thread, which restarts an ExaBGP that stops
-        acknowledging (``ack_timeout``)."""
+        acknowledged them, at most ``wait`` seconds; False when it has not by then.  Without
+        ``wait``, or with no process running (a new one announces everything when it
+        starts), returns True at once.  Either way the announcements go on in the driver's thread, which restarts
+        an ExaBGP that stops acknowledging (``ack_timeout``)."""
         with self._lock:
             if self._desired is None or frozenset(prefixes) != self._desired:
                 self._desired = frozenset(prefixes)
@@ -208,7 +208,7 @@ class ExaBgpDriver:
                 self._tasks.put(("sync",))
             version = self._desired_version
             if wait is None or self.state is not State.RUNNING:
-                return self._acked_version >= version
+                return True
             deadline = time.monotonic() + wait
             while self._acked_version < version and self.state is State.RUNNING:
                 left = deadline - time.monotonic()

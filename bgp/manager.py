@@ -52,7 +52,7 @@ from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId, Kind, KeyLayout, KeyLayoutError
 from felix_py.dataplane.links import Links
 from felix_py.dataplane.manager import DataplaneError
-from felix_py.dataplane.netlink import Netlink, Route
+from felix_py.dataplane.netlink import Netlink, NetlinkError, Route
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,24 @@ def kernel_source_address(peer: str) -> str | None:
             return s.getsockname()[0]
         except OSError:
             return None
+
+
+def kernel_link_to(peer: str) -> str | None:
+    """The interface this namespace's kernel reaches ``peer`` on; None without a route."""
+    try:
+        nl = Netlink()
+    except OSError:
+        return None
+    try:
+        route = nl.route_get(peer)
+    except (OSError, ValueError, NetlinkError):
+        return None
+    finally:
+        nl.close()
+    try:
+        return socket.if_indextoname(route.oif) if route and route.oif else None
+    except OSError:
+        return None
 
 
 def _iso(ts: float | None) -> str | None:
@@ -151,6 +169,7 @@ class BgpManager:
     def __init__(self, ctx, *, driver_factory: Callable[..., ExaBgpDriver] | None = None,
                  dump_routes: Callable[[], dict[str, Route]] | None = None,
                  source_address: Callable[[str], str | None] | None = None,
+                 link_to: Callable[[str], str | None] = kernel_link_to,
                  clock: Callable[[], float] = time.time, run_dir: str | None = None):
         self.ctx = ctx
         self.hostname: str = ctx.hostname
@@ -177,7 +196,7 @@ class BgpManager:
         self.problems: tuple[str, ...] = ()
         self.key_errors: dict[str, str] = {}       # peer ip -> invalid peer key's error
         self.rejected: dict[str, str] = {}         # peer ip -> refused by exabgp_config
-        self.rib = Rib(self.plan.import_policy, ctx.config.bgp_max_default_routes)
+        self.rib = Rib(self.plan.import_policy, ctx.config.bgp_max_default_routes, link_to)
         self.inherited: dict[str, Route] = {}      # routes of ours found at start (restart)
         self.inherited_until: float | None = None
         self.eor_seen: set[str] = set()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 
 from bgp.config import DEFAULT_ONLY
 
@@ -58,9 +59,14 @@ def accepts(policy: str, prefix: str, nexthop: str, own_prefixes: frozenset[str]
 
 
 class Rib:
-    def __init__(self, policy: str, max_default_paths: int = 8):
+    def __init__(self, policy: str, max_default_paths: int = 8,
+                 link_of: Callable[[str], str | None] = lambda peer: None):
+        """``link_of(peer)``: the interface a peer is reached on, for the link-local next
+        hops it sends (RFC 2545: an IPv6 peer on the same link gives its link-local address
+        too, and that may be the one that comes through)."""
         self.policy = policy
         self.max_default_paths = max_default_paths
+        self.link_of = link_of
         self.peers: dict[str, PeerSession] = {}
         self.own_prefixes: frozenset[str] = frozenset()
         self.own_addresses: frozenset[str] = frozenset()
@@ -193,11 +199,17 @@ class Rib:
         hops: dict[str, set[str]] = {}
         own = self.own_addresses | {p.local for p in self.peers.values() if p.local}
         for p in self.peers.values():
+            zone = None
             for table in (p.stale, p.received):
                 for prefix, nh in table.items():
                     if not _is_ip(nh) or not accepts(self.policy, prefix, nh,
                                                      self.own_prefixes, own):
                         continue
+                    if ":" in nh and ipaddress.ip_address(nh).is_link_local:
+                        zone = zone or self.link_of(p.ip)
+                        if zone is None:
+                            continue        # no way to it from here
+                        nh = f"{nh}%{zone}"
                     hops.setdefault(prefix, set()).add(nh)
         routes = {}
         for prefix, nhs in hops.items():
@@ -217,6 +229,6 @@ def _is_ip(text: str) -> bool:
         return False
 
 
-def _ip_key(text: str) -> tuple[int, int]:
+def _ip_key(text: str) -> tuple[int, int, str]:
     ip = ipaddress.ip_address(text)
-    return ip.version, int(ip)
+    return ip.version, int(ip), text      # the same link-local address on two links: by name

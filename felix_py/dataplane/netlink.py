@@ -9,6 +9,7 @@ that startup reconciliation sees exactly the routes carrying our protocol number
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -51,12 +52,22 @@ PROTOCOL_NAMES = {1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated"
 
 
 class Route(NamedTuple):
-    """A route in the main table.  ``gateways`` with several entries is ECMP."""
+    """A route in the main table.  ``gateways`` with several entries is ECMP; a link-local
+    gateway carries its interface (``fe80::1%eth0``)."""
     dst: str                          # CIDR, e.g. "10.65.0.5/32" or "0.0.0.0/0"
     oif: int | None = None            # output interface index
     gateways: tuple[str, ...] = ()
     kind: str = "unicast"             # unicast | blackhole
     scope: str = "universe"           # universe | link
+
+    def is_in(self, kernel: "Route | None") -> bool:
+        """Whether ``kernel`` (as read back) is this route: the kernel adds the interface
+        of a route through gateways and orders their ECMP next hops its own way."""
+        if kernel is None or self == kernel:
+            return self == kernel
+        return (bool(self.gateways) and self.oif in (None, kernel.oif)
+                and (self.dst, self.kind, self.scope, frozenset(self.gateways))
+                == (kernel.dst, kernel.kind, kernel.scope, frozenset(kernel.gateways)))
 
 
 class NetlinkError(DataplaneError):
@@ -78,6 +89,30 @@ def _packed(addr: str) -> tuple[int, bytes]:
         return family, socket.inet_pton(family, addr)
     except OSError:
         raise ValueError(f"{addr!r} is not an IP address") from None
+
+
+def _gateway(text: str) -> tuple[bytes, int | None]:
+    """A gateway as (network-order address, interface index or None).  A link-local gateway
+    names its link: ``fe80::1%eth0`` (RFC 4007's zone), as BGP learns them over IPv6."""
+    addr, pct, zone = text.partition("%")
+    ifindex = None
+    if pct:
+        try:
+            ifindex = socket.if_nametoindex(zone)
+        except OSError:
+            raise ValueError(f"gateway {text!r}: no interface {zone!r}") from None
+    return _packed(addr)[1], ifindex
+
+
+def _gateway_text(family: int, raw: bytes, ifindex: int | None) -> str:
+    """The inverse of ``_gateway``: link-local addresses with their interface's name."""
+    text = socket.inet_ntop(family, raw)
+    if family == socket.AF_INET6 and raw[:2] == b"\xfe\x80" and ifindex:
+        try:
+            return f"{text}%{socket.if_indextoname(ifindex)}"
+        except OSError:
+            pass
+    return text
 
 
 def _packed_net(cidr: str) -> tuple[int, int, bytes]:
@@ -149,15 +184,18 @@ class Netlink:
         if plen:
             body += _attr(RTA_DST, dst)
         if op != "delete":
-            if route.oif:
-                body += _attr(RTA_OIF, struct.pack("=i", route.oif))
-            if len(route.gateways) == 1:
-                body += _attr(RTA_GATEWAY, _packed(route.gateways[0])[1])
-            elif len(route.gateways) > 1:
+            gateways = [_gateway(gw) for gw in route.gateways]
+            oif = route.oif or (gateways[0][1] if len(gateways) == 1 else None)
+            if oif:
+                body += _attr(RTA_OIF, struct.pack("=i", oif))
+            if len(gateways) == 1:
+                body += _attr(RTA_GATEWAY, gateways[0][0])
+            elif len(gateways) > 1:
                 hops = b""
-                for gw in route.gateways:
-                    gw_attr = _attr(RTA_GATEWAY, _packed(gw)[1])
-                    hops += _RTNH.pack(_RTNH.size + len(gw_attr), 0, 0, route.oif or 0) + gw_attr
+                for gw, ifindex in gateways:
+                    gw_attr = _attr(RTA_GATEWAY, gw)
+                    hops += _RTNH.pack(_RTNH.size + len(gw_attr), 0, 0,
+                                       ifindex or route.oif or 0) + gw_attr
                 body += _attr(RTA_MULTIPATH, hops)
         return self._message(msg_type, flags, body)
 
@@ -278,6 +316,26 @@ class Netlink:
                 if mtype == RTM_NEWROUTE and (parsed := parse_route(payload, proto)):
                     yield parsed
 
+    def route_get(self, addr: str) -> Route | None:
+        """The route the kernel would use to reach ``addr`` (``ip route get``), or None
+        where there is none."""
+        family, packed = _packed(addr)
+        body = _RTMSG.pack(family, len(packed) * 8, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, packed)
+        seq, msg = self._message(RTM_GETROUTE, NLM_F_REQUEST, body)
+        self.sock.send(msg)
+        while True:
+            for mtype, mseq, payload in self._recv():
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", payload, 0)[0]
+                    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                        return None
+                    raise NetlinkError(code, f"route lookup of {addr}")
+                if mtype == RTM_NEWROUTE:
+                    parsed = parse_route(payload)
+                    return parsed[1] if parsed else None
+
     def dump_proxy_neighbours(self, family: int = socket.AF_INET6) -> list[tuple[int, str]]:
         """Every proxy neighbour entry of ``family`` (``ip neigh show proxy``), as
         (ifindex, address)."""
@@ -330,14 +388,14 @@ def parse_route(payload: bytes, proto: int = 0) -> tuple[int, Route] | None:
     oif = struct.unpack("=i", attrs[RTA_OIF])[0] if RTA_OIF in attrs else None
     gateways: tuple[str, ...] = ()
     if RTA_GATEWAY in attrs:
-        gateways = (str(ipaddress.ip_address(attrs[RTA_GATEWAY])),)
+        gateways = (_gateway_text(family, attrs[RTA_GATEWAY], oif),)
     elif RTA_MULTIPATH in attrs:
         mp, off, gws = attrs[RTA_MULTIPATH], 0, []
         while off + _RTNH.size <= len(mp):
             length, _f, _h, ifindex = _RTNH.unpack_from(mp, off)
             for kind, data in _parse_attrs(mp, off + _RTNH.size, off + length):
                 if kind == RTA_GATEWAY:
-                    gws.append(str(ipaddress.ip_address(data)))
+                    gws.append(_gateway_text(family, data, ifindex))
             off += (length + 3) & ~3
         gateways = tuple(sorted(gws))
     kind = "blackhole" if rtype == RTN_BLACKHOLE else "unicast"

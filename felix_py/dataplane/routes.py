@@ -132,10 +132,11 @@ class RouteManager:
         self._conflicts = {dst: c for dst, c in previous.items()
                            if dst not in freed and want.get(dst) == c.route}
         self._held = set() if self.gate() else {
-            dst for dst in self._sources["workloads"] if self._actual.get(dst) != want[dst]}
+            dst for dst in self._sources["workloads"]
+            if not want[dst].is_in(self._actual.get(dst))}
         changes = [("replace" if dst in self._actual else "create", r)
                    for dst, r in want.items()
-                   if self._actual.get(dst) != r and dst not in self._conflicts
+                   if not r.is_in(self._actual.get(dst)) and dst not in self._conflicts
                    and dst not in self._held]
         changes += [("delete", r) for dst, r in self._actual.items() if dst not in want]
         neigh = [("replace", k, mac) for k, mac in self._neigh_want.items()

@@ -134,6 +134,11 @@ class Registry:
     def host_status(self, host: str) -> model.HostStatus | None:
         return self._read(self.layout.host_status(host))
 
+    def bgp_peer_statuses(self, host: str) -> dict[str, Any]:
+        """Peer address -> the host agent's BGP status for it (a ModelError if unreadable)."""
+        return {pk.parts["ip"]: rec for pk, rec in
+                self._list(self.layout.felix_host_dir(host) + "bgp/peer/", Kind.BGP_PEER_STATUS)}
+
     # -- profiles ------------------------------------------------------------------------
     def set_profile(self, profile: str, rules: model.ProfileRules | dict | None = None,
                     tags: Iterable[str] | None = None, labels: dict | None = None) -> None:

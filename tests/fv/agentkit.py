@@ -1,5 +1,5 @@
 """Watching an agent from inside its namespace: its HTTP endpoints, its route events; TCP
-listeners for connection tests."""
+listeners for connection tests; an agent with short BGP timers that finds its ExaBGP."""
 
 import subprocess
 import sys
@@ -7,6 +7,7 @@ import threading
 import time
 
 from felix_py.lab.netns import wait_for
+from felix_py.lab.processes import AgentProcess
 
 _GET = """import sys, urllib.error, urllib.request
 try:
@@ -72,3 +73,23 @@ def listen(ns, ports, family: int = 4):
     wait_for(lambda: all(f":{p} " in ns.run(f"ss -Hltn{family}").stdout for p in ports),
              what=f"IPv{family} listeners on {ports} in {ns.name}")
     return proc
+
+
+class BgpAgent(AgentProcess):
+    """An agent whose BGP sessions notice a dead peer in 3 s, for tests that stop one."""
+
+    def start(self):
+        self.env = {"FELIX_BGP_HOLD_TIME_SECS": "3", **self.env}
+        return super().start()
+
+    def exabgp_pid(self):
+        for pid in self.ns.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().rstrip(b"\0").split(b"\0")
+            except OSError:
+                continue
+            # python -m bgp.launcher CONF, or --spare: started early, told its CONF later
+            if argv[1:3] == [b"-m", b"bgp.launcher"]:
+                return pid
+        return None

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from bgp.lab import Bird
 from felix_py.datastore.client import EtcdClient
 from felix_py.datastore.embedded import EmbeddedEtcd
 from felix_py.datastore.keys import KeyLayout
@@ -119,3 +120,18 @@ def open_profile(registry):
     """An allow-all profile's id, for tests about routing rather than policy."""
     registry.set_profile("open", ALLOW_ALL)
     return "open"
+
+
+@pytest.fixture
+def birds(tmp_path):
+    """make(ns, name, conf) -> a started BIRD; all are stopped after the test."""
+    made = []
+
+    def make(ns, name, conf):
+        b = Bird(ns, name, str(tmp_path)).start(conf)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()

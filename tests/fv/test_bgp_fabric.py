@@ -10,50 +10,16 @@ import signal
 import time
 
 import pytest
+from agentkit import BgpAgent
 
 from bgp import fabric
-from bgp.lab import Bird
-from felix_py import model
-from felix_py.datastore.keys import EndpointId, Kind
+from felix_py.datastore.keys import EndpointId
 from felix_py.lab import netns as nsmod
 from felix_py.lab.netns import wait_for
-from felix_py.lab.processes import AgentProcess
-
-class BgpAgent(AgentProcess):
-    def start(self):
-        self.env = {"FELIX_BGP_HOLD_TIME_SECS": "3", **self.env}
-        return super().start()
-
-    def exabgp_pid(self):
-        for pid in self.ns.pids():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().rstrip(b"\0").split(b"\0")
-            except OSError:
-                continue
-            # python -m bgp.launcher CONF, or --spare: started early, told its CONF later
-            if argv[1:3] == [b"-m", b"bgp.launcher"]:
-                return pid
-        return None
-
 
 @pytest.fixture
 def agents(agent_factory):
     return lambda ns, hostname, **env: agent_factory(ns, hostname, cls=BgpAgent, **env)
-
-
-@pytest.fixture
-def birds(tmp_path):
-    made = []
-
-    def make(ns, name, conf):
-        b = Bird(ns, name, str(tmp_path)).start(conf)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
 
 
 def eid(host, name):
@@ -188,11 +154,9 @@ def test_downward_default_fabric(netns_factory, workload_factory, registry, clie
     assert wns["w1"].ping("10.65.2.3", count=2) and wns["w4"].ping("10.65.1.1", count=2)
 
     # BGP status per peer, for `felixctl node status`.
-    def status(host, ip):
-        raw = client.get(layout.build(Kind.BGP_PEER_STATUS, host=host, ip=ip))
-        return model.BgpPeerStatus.model_validate_json(raw) if raw else None
-    st = wait_for(lambda: (s := status("h2", "10.2.0.1")) and s.state == "established"
-                  and s.sent == 1 and s, 10, what="h2's status for tor2, converged")
+    st = wait_for(lambda: (s := registry.bgp_peer_statuses("h2").get("10.2.0.1"))
+                  and s.state == "established" and s.sent == 1 and s, 10,
+                  what="h2's status for tor2, converged")
     assert st.peer_type == "tor" and st.accepted == 1 and st.sent == 1 and st.since
 
     # A workload is announced only while its route is installed: registered before its

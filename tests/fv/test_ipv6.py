@@ -11,12 +11,14 @@ host end); the host then answers for the gateway by proxy NDP.
 import json
 import re
 import sys
+import time
 
 import pytest
-from agentkit import listen, route_events_during
+from agentkit import BgpAgent, listen, route_events_during
 
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.interfaces import GATEWAY_V6
+from felix_py.lab import netns as nsmod
 from felix_py.lab.netns import wait_for
 
 H = "host-6"
@@ -217,3 +219,49 @@ def test_policy_over_ipv6(host, netns_factory, registry, agent_factory):
             "-m multiport --dports 8080 -j MARK --set-xmark 0x1000000/0x1000000") in rules
     sets = host.run("ipset list felix-6t-clients").stdout
     assert "family inet6" in sets and cli in sets and oth not in sets
+
+
+def test_downward_default_over_an_ipv6_session(host, netns_factory, registry, open_profile,
+                                                agent_factory, birds):
+    """A ToR (BIRD) peering with the host over IPv6: the host announces its workload's /128
+    with itself as next hop and installs ::/0 from the ToR, and nothing else it is sent."""
+    tor = netns_factory("t6")
+    nsmod.veth(tor, "rack6", host, "up6")
+    tor.run("ip -6 addr add fd10:7::1/64 dev rack6 nodad")
+    host.run("ip -6 addr add fd10:7::2/64 dev up6 nodad")
+    tor.addr("rack6", "10.7.0.1/24")
+    host.addr("up6", "10.7.0.2/24")
+    # Once the ToR's link-local address is usable, BIRD sends it as a second next hop.
+    wait_for(lambda: "fe80::" in (a := tor.run("ip -6 addr show dev rack6 scope link").stdout)
+             and "tentative" not in a, 10, what="the ToR's link-local address")
+    bird = birds(tor, "tor6", """router id 10.7.0.1;
+protocol device {}
+protocol static fabric6 { ipv6; route ::/0 blackhole; route fd99::/64 blackhole; }
+protocol bgp host6 {
+    local as 65010;
+    neighbor fd10:7::2 as 64512;
+    hold time 3;
+    connect delay time 1;
+    ipv6 { import all; export all; next hop self; };
+}
+""")
+    registry.set_host_bgp_address(H, "10.7.0.2")
+    registry.add_bgp_peer("fd10:7::1", 65010, host=H)
+    _, mac = plug(host, netns_factory, "b1", [], [v6(0x91)])
+    register(registry, "b1", mac, [], [v6(0x91)], [open_profile])
+    agent_factory(host, H, cls=BgpAgent).wait_ready(registry)
+
+    wait_for(lambda: bird.routes("master6").get(f"{v6(0x91)}/128") == {"fd10:7::2"}, 30,
+             what="the ToR holds the workload's /128 via the host")
+    # The next hop that comes through is the ToR's link-local address: a route through it
+    # is only valid on its link (without the interface the kernel refused it: EINVAL).
+    wait_for(lambda: any(re.match(r"default via fe80::\S+ dev up6 proto 98 ", r)
+                         for r in routes6(host)), 30, what="the host's IPv6 default from BGP")
+    time.sleep(1)                # fd99::/64 came in the same UPDATEs: it stays out
+    learned = [r for r in routes6(host) if " proto 98 " in r and " dev calib1 " not in r]
+    assert len(learned) == 1 and learned[0].startswith("default via fe80::")
+    assert has_route6(host, v6(0x91), "calib1")
+    assert not any(r.startswith("fd99::") for r in routes6(host))
+    wait_for(lambda: (s := registry.bgp_peer_statuses(H).get("fd10:7::1"))
+             and (s.state, s.sent, s.accepted) == ("established", 1, 1), 10,
+             what="the host's BGP status for the ToR")

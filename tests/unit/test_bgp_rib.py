@@ -115,3 +115,16 @@ def test_refused_peers_are_in_error_and_get_no_routes():
     # Unconfigured, the peer disappears.
     rib.set_peers({}, {}, 2.0)
     assert rib.peers == {}
+
+
+def test_a_link_local_next_hop_names_the_link_its_peer_is_on():
+    """IPv6 peers on the link may give their link-local address as the next hop; a route
+    through it is only valid with its interface.  One whose link is unknown is left out."""
+    links = {"fd10:7::1": "up6", "fd10:8::1": "up7"}
+    rib = Rib(DEFAULT_ONLY, link_of=links.get)
+    rib.set_peers({"fd10:7::1": "tor", "fd10:8::1": "tor", "fd10:9::1": "tor"}, {}, 0.0)
+    up(rib, "fd10:7::1", "fd10:8::1", "fd10:9::1")
+    rib.update("fd10:7::1", {"::/0": "fe80::1"}, ())
+    rib.update("fd10:8::1", {"::/0": "fe80::1"}, ())       # the same address, another link
+    rib.update("fd10:9::1", {"::/0": "fe80::9"}, ())       # no known link: unusable
+    assert rib.kernel_routes() == {"::/0": ("fe80::1%up6", "fe80::1%up7")}

@@ -264,6 +264,29 @@ def test_a_route_message_reads_back_as_the_route_written(route):
     assert nl.parse_route(msg[nl._HDR.size:], PROTO) == (PROTO, route)
 
 
+def test_a_link_local_gateway_goes_out_on_its_link_and_reads_back_so():
+    route = Route("::/0", gateways=("fe80::1%lo",))
+    _, msg = _message(route)
+    _, read = nl.parse_route(msg[nl._HDR.size:], PROTO)
+    assert read == Route("::/0", oif=socket.if_nametoindex("lo"), gateways=("fe80::1%lo",))
+    assert route.is_in(read)
+    ecmp = Route("::/0", gateways=("fe80::1%lo", "fd00::2"))
+    _, msg = _message(ecmp)
+    _, read = nl.parse_route(msg[nl._HDR.size:], PROTO)
+    assert read.gateways == ("fd00::2", "fe80::1%lo") and ecmp.is_in(read)
+
+
+def test_a_route_through_gateways_is_the_kernels_whatever_interface_and_order_it_adds():
+    want = Route("0.0.0.0/0", gateways=("10.9.0.1", "10.10.0.1"))
+    assert want.is_in(Route("0.0.0.0/0", oif=None, gateways=("10.10.0.1", "10.9.0.1")))
+    assert Route("0.0.0.0/0", gateways=("10.9.0.1",)).is_in(
+        Route("0.0.0.0/0", oif=3, gateways=("10.9.0.1",)))
+    assert not want.is_in(Route("0.0.0.0/0", gateways=("10.9.0.1",)))
+    assert not want.is_in(None)
+    workload = Route("10.65.0.1/32", oif=7, scope="link")
+    assert workload.is_in(workload) and not workload.is_in(workload._replace(oif=8))
+
+
 @pytest.mark.parametrize("dst", ["10.65.0.5/24", "10.0.0.0/33", "10.0.0.0/x", "10.0.0.0/",
                                  "300.1.1.1/32", "fd00::1/64", "cali0"])
 def test_a_route_to_something_that_is_not_a_network_is_refused(dst):
