@@ -25,6 +25,8 @@ _LAST_LINE_RE = re.compile(r"^(\d{4}) ")
 def _birdc_line(line: str) -> str | None:
     """A reply line as birdc prints it: without its code; code 0000 prints nothing."""
     line = line.rstrip("\n")
+    if line.startswith("+"):                  # an asynchronous message
+        return f">>> {line[1:]}\n"
     if line.startswith(" "):
         return line[1:] + "\n"
     m = _CODE_RE.match(line)

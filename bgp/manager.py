@@ -93,15 +93,12 @@ def kernel_link_to(peer: str) -> str | None:
     except OSError:
         return None
     try:
-        route = nl.route_get(peer)
+        oif = nl.route_oif(peer)
+        return socket.if_indextoname(oif) if oif else None
     except (OSError, ValueError, NetlinkError):
         return None
     finally:
         nl.close()
-    try:
-        return socket.if_indextoname(route.oif) if route and route.oif else None
-    except OSError:
-        return None
 
 
 def _iso(ts: float | None) -> str | None:

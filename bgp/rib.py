@@ -199,14 +199,15 @@ class Rib:
         hops: dict[str, set[str]] = {}
         own = self.own_addresses | {p.local for p in self.peers.values() if p.local}
         for p in self.peers.values():
-            zone = None
+            zone = _UNKNOWN
             for table in (p.stale, p.received):
                 for prefix, nh in table.items():
                     if not _is_ip(nh) or not accepts(self.policy, prefix, nh,
                                                      self.own_prefixes, own):
                         continue
                     if ":" in nh and ipaddress.ip_address(nh).is_link_local:
-                        zone = zone or self.link_of(p.ip)
+                        if zone is _UNKNOWN:
+                            zone = self.link_of(p.ip)       # once per peer
                         if zone is None:
                             continue        # no way to it from here
                         nh = f"{nh}%{zone}"
@@ -219,6 +220,9 @@ class Rib:
             routes[prefix] = ordered
         self.routes, self.changed = routes, False
         return routes
+
+
+_UNKNOWN = object()
 
 
 def _is_ip(text: str) -> bool:

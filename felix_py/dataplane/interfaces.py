@@ -28,7 +28,7 @@ from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.links import Links
 from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
-from felix_py.dataplane.netlink import Netlink
+from felix_py.dataplane.netlink import Netlink, NetlinkError
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,15 @@ class InterfaceManager:
             self._host_done = True
         if self._read_proxies is not None:
             # What the kernel holds on workload interfaces, ours or left from before.
-            self._proxies_have = {(index, ip): self._read_proxies[index]
-                                  for index, ip in self.nl.dump_proxy_neighbours()
-                                  if index in self._read_proxies}
-            self._read_proxies = None
+            try:
+                found = self.nl.dump_proxy_neighbours()
+            except (OSError, NetlinkError) as e:
+                log.warning("cannot read the proxy NDP entries back (%s); trying again at "
+                            "the next change", e)
+            else:
+                self._proxies_have = {(index, ip): self._read_proxies[index]
+                                      for index, ip in found if index in self._read_proxies}
+                self._read_proxies = None
         # Not yet configured for this ifindex, or not for IPv6 where it is needed now.
         todo = {n: v for n, v in self._want.items()
                 if not v[1] or self._done.get(n) not in ((v[0], v[2]), (v[0], True))}

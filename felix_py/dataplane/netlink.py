@@ -105,9 +105,10 @@ def _gateway(text: str) -> tuple[bytes, int | None]:
 
 
 def _gateway_text(family: int, raw: bytes, ifindex: int | None) -> str:
-    """The inverse of ``_gateway``: link-local addresses with their interface's name."""
-    text = socket.inet_ntop(family, raw)
-    if family == socket.AF_INET6 and raw[:2] == b"\xfe\x80" and ifindex:
+    """The inverse of ``_gateway``: link-local addresses (fe80::/10) with their interface's
+    name."""
+    text = str(ipaddress.ip_address(raw))
+    if family == socket.AF_INET6 and raw[0] == 0xFE and raw[1] & 0xC0 == 0x80 and ifindex:
         try:
             return f"{text}%{socket.if_indextoname(ifindex)}"
         except OSError:
@@ -316,9 +317,9 @@ class Netlink:
                 if mtype == RTM_NEWROUTE and (parsed := parse_route(payload, proto)):
                     yield parsed
 
-    def route_get(self, addr: str) -> Route | None:
-        """The route the kernel would use to reach ``addr`` (``ip route get``), or None
-        where there is none."""
+    def route_oif(self, addr: str) -> int | None:
+        """The interface the kernel would send to ``addr`` from (``ip route get``), in
+        whatever table its rules pick; None where it has no route."""
         family, packed = _packed(addr)
         body = _RTMSG.pack(family, len(packed) * 8, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, packed)
         seq, msg = self._message(RTM_GETROUTE, NLM_F_REQUEST, body)
@@ -333,8 +334,8 @@ class Netlink:
                         return None
                     raise NetlinkError(code, f"route lookup of {addr}")
                 if mtype == RTM_NEWROUTE:
-                    parsed = parse_route(payload)
-                    return parsed[1] if parsed else None
+                    attrs = dict(_parse_attrs(payload, _RTMSG.size, len(payload)))
+                    return struct.unpack("=i", attrs[RTA_OIF])[0] if RTA_OIF in attrs else None
 
     def dump_proxy_neighbours(self, family: int = socket.AF_INET6) -> list[tuple[int, str]]:
         """Every proxy neighbour entry of ``family`` (``ip neigh show proxy``), as
@@ -344,7 +345,7 @@ class Netlink:
             fam, ifindex, _state, flags, _type = _NDMSG.unpack_from(payload)
             attrs = dict(_parse_attrs(payload, _NDMSG.size, len(payload)))
             if fam == family and flags & NTF_PROXY and NDA_DST in attrs:
-                out.append((ifindex, socket.inet_ntop(family, attrs[NDA_DST])))
+                out.append((ifindex, str(ipaddress.ip_address(attrs[NDA_DST]))))
         return out
 
     def dump_links(self, events: list | None = None) -> list[tuple[int, str, bool, str | None]]:

@@ -142,9 +142,16 @@ class RouteManager:
         neigh = [("replace", k, mac) for k, mac in self._neigh_want.items()
                  if self._neigh_have.get(k) != mac]
         neigh += [("delete", k, None) for k in self._neigh_have if k not in self._neigh_want]
-        msgs = [(*self.nl.route_message(op, r, self.proto), (op, r)) for op, r in changes]
+        msgs, unsendable = [], {}
+        for op, r in changes:
+            try:
+                msgs.append((*self.nl.route_message(op, r, self.proto), (op, r)))
+            except ValueError as e:     # e.g. a link-local gateway whose link went away
+                unsendable[(op, r)] = str(e)
         msgs += [(*self.nl.neigh_message(op, k[0], k[1], mac), (op, k, mac)) for op, k, mac in neigh]
         failed = self.nl.batch(msgs) if msgs else {}
+        failed.update(dict.fromkeys(unsendable, errno.EINVAL))
+        attempted = len(changes) + len(neigh)
         # Deleting what is already gone (its link was removed, taking its routes) is success.
         failed = {tag: code for tag, code in failed.items()
                   if not (tag[0] == "delete" and code in (errno.ESRCH, errno.ENOENT, errno.ENODEV))}
@@ -159,7 +166,8 @@ class RouteManager:
             elif op == "delete" and not code:
                 self._actual.pop(r.dst, None)
             elif code:
-                self._failed[r.dst] = f"route {r.dst}: {errno.errorcode.get(code, code)}"
+                why = unsendable.get((op, r)) or errno.errorcode.get(code, code)
+                self._failed[r.dst] = f"route {r.dst}: {why}"
         for op, k, mac in neigh:
             code = failed.get((op, k, mac))
             if op == "replace" and not code:
@@ -169,8 +177,9 @@ class RouteManager:
         self._dirty = bool(failed or self._held)
         if failed:
             sample = "; ".join(f"{tag[0]} {tag[1].dst if isinstance(tag[1], Route) else tag[1]}: "
-                               f"{errno.errorcode.get(c, c)}" for tag, c in list(failed.items())[:3])
-            raise DataplaneError(f"{len(failed)} of {len(msgs)} route/neighbour changes failed "
+                               f"{unsendable.get(tag) or errno.errorcode.get(c, c)}"
+                               for tag, c in list(failed.items())[:3])
+            raise DataplaneError(f"{len(failed)} of {attempted} route/neighbour changes failed "
                                  f"({sample})")
         if changes or neigh:
             log.info("routes: %d added or replaced, %d deleted; neighbours: %d changed",

@@ -71,18 +71,25 @@ class _WatchBroken(Exception):
 
 
 @contextmanager
-def gc_paused():
-    """No cyclic garbage collection inside, and what was allocated inside is kept out of
-    every later collection (``gc.freeze``).  For a snapshot's records: they all stay alive
-    until replaced and are freed by reference counting (records hold no cycles), yet every
-    collection would scan them again - the first one after loading 10,000 endpoints takes
-    10-40 ms here, and each later full collection as long."""
+def gc_paused(freeze: bool = False):
+    """No cyclic garbage collection inside.  With ``freeze``, for a first snapshot: what
+    was made inside is kept out of every later collection (``gc.freeze``) once it went
+    well, and a collection first clears what is garbage already, so that none is frozen
+    with it.  A snapshot's records all stay alive until replaced and are freed by
+    reference counting (records hold no cycles), yet every collection would scan them
+    again: the first one after loading 10,000 endpoints takes 10-40 ms here, and each
+    later full collection as long."""
     enabled = gc.isenabled()
+    if freeze:
+        gc.collect()
     gc.disable()
+    completed = False
     try:
         yield
+        completed = True
     finally:
-        gc.freeze()
+        if freeze and completed:
+            gc.freeze()
         if enabled:
             gc.enable()
 
@@ -186,7 +193,10 @@ class Syncer:
         changed = errors = total = 0
         seen, layout = self._seen, self.layout
         resync = bool(seen)     # only a resync compares with what the sink already has
-        with gc_paused():
+        # What the sink has is recorded once a batch is handed over: a read that fails
+        # half-way leaves the rest to the next attempt, not marked as delivered.
+        unsent: list[tuple[str, int]] = []
+        with gc_paused(freeze=not resync):
             for prefix in self.prefixes:
                 for kvs, revision in self.client.iter_prefix(prefix, revision):
                     total += len(kvs)
@@ -197,7 +207,7 @@ class Syncer:
                             present.add(key)
                             if seen.get(key) == mod:
                                 continue
-                        seen[key] = mod
+                        unsent.append((key, mod))
                         upd = decode_kv(layout, key, kv.value)
                         if upd.error:
                             errors += 1
@@ -206,7 +216,8 @@ class Syncer:
                         if len(batch) >= BATCH:
                             changed += len(batch)
                             self.sink(Updates(batch))
-                            batch = []
+                            seen.update(unsent)
+                            batch, unsent = [], []
         changed += len(batch)
         gone = [k for k in seen if k not in present] if resync else []
         for key in gone:
@@ -214,6 +225,7 @@ class Syncer:
             batch.append(decode_delete(self.layout, key))
         if batch:
             self.sink(Updates(batch))
+        seen.update(unsent)
         elapsed = time.monotonic() - t0
         self.stats.in_sync = True
         self.stats.last_revision = revision

@@ -24,6 +24,7 @@ class FakeNetlink:
         self.gone: set[int] = set()
         self.fail: dict[str, int] = {}
         self.sent: list = []
+        self.unreadable = False
 
     def link_up_message(self, index):
         return 0, b""
@@ -51,6 +52,8 @@ class FakeNetlink:
         return failed
 
     def dump_proxy_neighbours(self):
+        if self.unreadable:
+            raise OSError("netlink dump interrupted")
         return sorted(self.proxies)
 
     def remove_link(self, index):
@@ -175,3 +178,19 @@ def test_entries_left_on_workload_interfaces_from_before_the_start_are_removed(w
     mgr.on_message(DataplaneRefresh())
     apply()
     assert kernel.proxies == {(11, GATEWAY_V6), (5, "fd00::5")}
+
+
+def test_entries_that_cannot_be_read_back_do_not_hold_up_the_interfaces(world):
+    mgr, kernel, feed, _links, apply = world
+    kernel.proxies = {(12, "fe80::dead")}
+    kernel.unreadable = True
+    feed.endpoint(H, "w1", {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"],
+                            "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "1"
+    assert (11, GATEWAY_V6) in kernel.proxies
+    kernel.unreadable = False
+    feed.endpoint(H, "w2", {"name": "cali2", "ipv4_nets": ["10.65.0.2/32"]})
+    apply()                                         # read back at the next change
+    assert kernel.proxies == {(11, GATEWAY_V6)}
+

@@ -42,6 +42,10 @@ class FakeNetlink:
         return {d: f"protocol {self.table[d][0]}" for d in dsts if d in self.table}
 
     def route_message(self, op, route, proto):
+        for gw in route.gateways if op != "delete" else ():
+            zone = gw.partition("%")[2]
+            if zone and zone not in ("up6", "up7"):         # the links this fake knows
+                raise ValueError(f"gateway {gw!r}: no interface {zone!r}")
         return 0, b""
 
     def neigh_message(self, op, ifindex, ip, mac):
@@ -433,3 +437,17 @@ def test_workload_routes_wait_for_the_policy_skeleton_and_no_route_is_lost_meanw
     ready = True                                    # the guard's retry succeeds
     mgr.apply()
     assert ours(kernel, "10.65.0.2/32") and w2 not in mgr.endpoint_problems()
+
+
+def test_a_route_whose_gateway_link_is_gone_fails_alone(world, kernel):
+    """A learned route through a link-local next hop whose interface went away cannot even
+    be written as a message; the other changes of the batch go in all the same."""
+    mgr, feed, apply = world
+    workload(feed, "w1", "cali1", "10.65.0.1")
+    mgr.set_source_routes("bgp", {"::/0": Route("::/0", gateways=("fe80::1%gone0",)),
+                                  "fd20::/64": Route("fd20::/64", gateways=("fe80::1%up6",))})
+    with pytest.raises(DataplaneError, match="no interface 'gone0'"):
+        apply()
+    assert ours(kernel, "10.65.0.1/32") and ours(kernel, "fd20::/64")
+    assert not ours(kernel, "::/0")
+
