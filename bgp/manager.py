@@ -51,7 +51,7 @@ from felix_py.calc.routes import exported_prefixes, owned_blocks
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId, Kind, KeyLayout, KeyLayoutError
 from felix_py.dataplane.links import Links
-from felix_py.dataplane.manager import DataplaneError
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane.netlink import Netlink, NetlinkError, Route
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,8 @@ class BgpManager:
             self._expire()
         elif isinstance(msg, BgpEvent):
             self._event(msg.event)
+        elif isinstance(msg, DataplaneRefresh):
+            self.rib.changed = True     # link-local next hops: their links looked up again
         else:
             return
         # Pushed once per batch, in apply(): thousands of routes arrive in a few messages

@@ -12,6 +12,7 @@ from bgp.manager import BgpManager
 from felix_py import config, model
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId, KeyLayout
+from felix_py.dataplane.manager import DataplaneRefresh
 from felix_py.dataplane.netlink import Route
 from felix_py.ipam.blocks import new_block
 
@@ -62,13 +63,15 @@ class FakeRoutes:
         self.actual.update({d: Route(d, oif=7, scope="link") for d in dsts})
 
 
-def make(tmp_path, inherited=None):
+def make(tmp_path, inherited=None, links=None):
+    """links: peer -> the interface it is reached on (none known by default)."""
     posted = []
     ctx = SimpleNamespace(config=config.load({}, {}), hostname="h1", post=posted.append,
                           routes=FakeRoutes(), layout=KeyLayout("/calico"))
     m = BgpManager(ctx, driver_factory=FakeDriver, run_dir=str(tmp_path),
                    dump_routes=lambda: dict(inherited or {}),
-                   source_address=lambda ip: "10.1.0.11", clock=lambda: 1_800_000_000.0)
+                   source_address=lambda ip: "fd10:7::2" if ":" in ip else "10.1.0.11",
+                   link_to=lambda ip: (links or {}).get(ip), clock=lambda: 1_800_000_000.0)
     return m, ctx, posted
 
 
@@ -303,3 +306,20 @@ def test_an_endpoint_taking_a_learned_prefix_filters_it_out_without_reconfigurin
     turn(m, posted, s, Changes(endpoints={eid}))
     assert "10.65.0.9/32" not in ctx.routes.sources["bgp"]
     assert d.configures == configures            # ExaBGP's configuration left alone
+
+
+def test_a_link_local_default_waits_for_its_link_and_a_refresh_looks_again(tmp_path):
+    links = {}
+    m, ctx, posted = make(tmp_path, links=links)
+    turn(m, posted, store_with([("fd10:7::1", 65101)]))
+    m.driver.on_event(api.PeerState("fd10:7::1", "up", "fd10:7::2"))
+    m.driver.on_event(api.RouteUpdate("fd10:7::1", {"::/0": "fe80::1"}))
+    turn(m, posted)
+    assert "::/0" not in ctx.routes.sources["bgp"]          # no link known for the peer
+    links["fd10:7::1"] = "up6"
+    turn(m, posted, changes=NO_CHANGES)
+    assert "::/0" not in ctx.routes.sources["bgp"]          # nothing asked it to look again
+    m.on_message(DataplaneRefresh())
+    turn(m, posted, changes=NO_CHANGES)
+    assert ctx.routes.sources["bgp"]["::/0"] == Route("::/0", gateways=("fe80::1%up6",))
+
