@@ -24,8 +24,9 @@ work in the same run, and given as a ratio, because absolute times depend on the
 
 
 def compile_project() -> None:
-    """Bring the project's bytecode up to date, as an installed package has it: a process
-    started for a measurement must not compile modules edited since (with
+    """Bring the project's bytecode up to date, as an installed package has it (run by
+    ``contrib/setup.sh`` after its editable install, and before every benchmark): a
+    process must not compile modules edited since at its start (with
     PYTHONDONTWRITEBYTECODE set, it would do so at every start)."""
     root = Path(__file__).resolve().parent.parent
     for package in ("felix_py", "bgp", "policy"):

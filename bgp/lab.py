@@ -18,8 +18,7 @@ from felix_py.lab.netns import Netns, NetnsError, wait_for
 _ROUTE_RE = re.compile(r"^(\S+/\d+)\s+(unicast|blackhole|unreachable|prohibit)")
 _VIA_RE = re.compile(r"^\s+via (\S+)")
 # BIRD's control protocol: "NNNN-text" and " text" go on, "NNNN text" ends a reply.
-_CODE_RE = re.compile(r"^(\d{4})[ -]")
-_LAST_LINE_RE = re.compile(r"^(\d{4}) ")
+_CODE_RE = re.compile(r"^(\d{4})([ -])")
 
 
 def _birdc_line(line: str) -> str | None:
@@ -56,8 +55,10 @@ class Bird:
         return self
 
     def _ready(self) -> bool:
-        return os.path.exists(self.sock) and self.ns.ok(["birdc", "-s", self.sock, "show",
-                                                         "status"])
+        try:
+            return os.path.exists(self.sock) and bool(self.birdc("show", "status"))
+        except NetnsError:
+            return False
 
     def _log_tail(self) -> str:
         try:
@@ -97,7 +98,7 @@ class Bird:
                     f.flush()
                     for line in f:
                         out.append(_birdc_line(line))
-                        if last := _LAST_LINE_RE.match(line):
+                        if (last := _CODE_RE.match(line)) and last.group(2) == " ":
                             break
                     else:
                         raise OSError("the connection closed in the middle of a reply")

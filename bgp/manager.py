@@ -241,7 +241,7 @@ class BgpManager:
         elif isinstance(msg, BgpEvent):
             self._event(msg.event)
         elif isinstance(msg, DataplaneRefresh):
-            self.rib.changed = True     # link-local next hops: their links looked up again
+            self.rib.relink()           # link-local next hops: their links looked up again
         else:
             return
         # Pushed once per batch, in apply(): thousands of routes arrive in a few messages

@@ -67,6 +67,7 @@ class Rib:
         self.policy = policy
         self.max_default_paths = max_default_paths
         self.link_of = link_of
+        self._links: dict[str, str | None] = {}       # peer -> its interface, looked up
         self.peers: dict[str, PeerSession] = {}
         self.own_prefixes: frozenset[str] = frozenset()
         self.own_addresses: frozenset[str] = frozenset()
@@ -114,6 +115,7 @@ class Rib:
             return
         if new != p.state:
             p.state, p.since = new, now
+            self._links.pop(ip, None)           # a new session may run over another link
         if local and local != "None":
             p.local = local
         if new == ESTABLISHED:
@@ -192,6 +194,11 @@ class Rib:
     def accepts(self, prefix: str, nexthop: str) -> bool:
         return accepts(self.policy, prefix, nexthop, self.own_prefixes, self.own_addresses)
 
+    def relink(self) -> None:
+        """Look the peers' links up again at the next ``kernel_routes``."""
+        self._links.clear()
+        self.changed = True
+
     def kernel_routes(self) -> dict[str, tuple[str, ...]]:
         """prefix -> next hops, recomputed if anything changed."""
         if not self.changed:
@@ -199,15 +206,15 @@ class Rib:
         hops: dict[str, set[str]] = {}
         own = self.own_addresses | {p.local for p in self.peers.values() if p.local}
         for p in self.peers.values():
-            zone = _UNKNOWN
             for table in (p.stale, p.received):
                 for prefix, nh in table.items():
                     if not _is_ip(nh) or not accepts(self.policy, prefix, nh,
                                                      self.own_prefixes, own):
                         continue
                     if ":" in nh and ipaddress.ip_address(nh).is_link_local:
-                        if zone is _UNKNOWN:
-                            zone = self.link_of(p.ip)       # once per peer
+                        if p.ip not in self._links:
+                            self._links[p.ip] = self.link_of(p.ip)
+                        zone = self._links[p.ip]
                         if zone is None:
                             continue        # no way to it from here
                         nh = f"{nh}%{zone}"
@@ -221,8 +228,6 @@ class Rib:
         self.routes, self.changed = routes, False
         return routes
 
-
-_UNKNOWN = object()
 
 
 def _is_ip(text: str) -> bool:

@@ -33,5 +33,5 @@ echo "==> installing felix-py into .venv"
 .venv/bin/pip install -q -e '.[test,bench]'
 # An editable install leaves felix-py's own modules uncompiled; every agent, CLI and ExaBGP
 # start would compile them again (and never keep the result with PYTHONDONTWRITEBYTECODE).
-.venv/bin/python -m compileall -q felix_py bgp policy
+.venv/bin/python -c 'from bench.report import compile_project; compile_project()'
 echo "==> ready: $(.venv/bin/felix-py --version)"

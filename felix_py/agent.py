@@ -250,7 +250,7 @@ class Agent:
         """Each manager in turn works out what changed and applies it, so that ExaBGP
         starts before the later managers have even computed their work."""
         t0 = time.monotonic()
-        took: list[str] = []
+        took: list[str] | None = None if self.health.applied else []   # for the first only
         ok = True
         order = list(self.managers)
         for i, m in enumerate(order):
@@ -272,7 +272,7 @@ class Agent:
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
 
-    def _apply_one(self, m, changes: Changes, took: list[str]) -> bool:
+    def _apply_one(self, m, changes: Changes, took: list[str] | None) -> bool:
         t = time.monotonic()
         m.on_changes(self.store, changes, self.links)
         try:
@@ -285,7 +285,8 @@ class Agent:
             self.metrics.errors.labels(m.name).inc()
             log.exception("%s failed to apply; will retry", m.name)
         finally:
-            took.append(f"{m.name} {time.monotonic() - t:.3f}s")
+            if took is not None:
+                took.append(f"{m.name} {time.monotonic() - t:.3f}s")
         return False
 
     def _publish_status(self) -> None:

@@ -111,7 +111,7 @@ class InterfaceManager:
     def on_changes(self, store: Store, changes: Changes, links: Links) -> None:
         if self._refresh:
             # Check every interface again (a write happens only where a value differs) and
-            # re-add every proxy entry: what something else changed is put back.
+            # read the proxy entries back: what something else changed is put back.
             self._refresh = False
             self._done.clear()
             self._host_done = False

@@ -240,16 +240,14 @@ class IptablesTable:
         in full (without reading the table again).  Returns how many felix- chains the
         table held before."""
         state = parse_save(self.backend.save())
-        new_state = _copy(state)
-        lines = list(render_iter(chains, {c for c in chains if c not in state.chains}, state,
-                                 new_state))
+        lines, new_state = render(chains, {c for c in chains if c not in state.chains}, state)
         if lines:
             self.backend.restore(["*filter", *lines, "COMMIT"])
         self.state, self._reconcile = new_state, True
         return len(state.chains)
 
     def apply(self, desired: dict[str, tuple[str, ...]], dirty: set[str]) -> None:
-        full = self._reconcile or self.state is None
+        full = self._reconcile          # also whenever the state is unknown (None)
         if full:
             if self.state is None:
                 self.state = parse_save(self.backend.save())

@@ -36,8 +36,13 @@ STATE_DIR = os.environ.get("FELIX_STATE_DIR", "/run/felix-py")
 EMBEDDED_RECORD = os.path.join(STATE_DIR, "etcd-endpoint")
 
 
+def key_of(kv) -> str:
+    """The key of an etcd key-value or watch event, as text."""
+    return kv.key.decode("utf-8", "replace")
+
+
 def _items(kvs) -> list[tuple[str, bytes, int]]:
-    return [(kv.key.decode("utf-8", "replace"), kv.value, kv.mod_revision) for kv in kvs]
+    return [(key_of(kv), kv.value, kv.mod_revision) for kv in kvs]
 
 
 class DatastoreError(Exception):
@@ -198,8 +203,9 @@ class EtcdClient:
 
     def iter_prefix(self, prefix: str, revision: int | None = None,
                     page: int = PAGE_SIZE) -> Iterator[tuple[list, int]]:
-        """Pages of etcd's key-values (``.key``, ``.value``, ``.mod_revision``) under
-        ``prefix``, all at one revision (the first page's, unless ``revision`` is given).  The next page is requested while the
+        """Pages of etcd's key-values (``.key``, ``.value``, ``.mod_revision``; ``key_of``)
+        under ``prefix``, all at one revision (the first page's, unless ``revision`` is
+        given).  The next page is requested while the
         caller works on the current one, so etcd's work overlaps the caller's; pages start
         small so that the caller starts soon, and double up to ``page``."""
         start = to_bytes(prefix)

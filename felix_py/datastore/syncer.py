@@ -30,7 +30,7 @@ from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_never,
                       wait_exponential_jitter)
 
 from felix_py import model
-from felix_py.datastore.client import DatastoreUnavailable, EtcdClient
+from felix_py.datastore.client import DatastoreUnavailable, EtcdClient, key_of
 from felix_py.datastore.keys import KeyLayout, KeyLayoutError, ParsedKey
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,10 @@ class _WatchBroken(Exception):
 
 @contextmanager
 def gc_paused(freeze: bool = False):
-    """No cyclic garbage collection inside.  With ``freeze``, for a first snapshot: what
-    was made inside is kept out of every later collection (``gc.freeze``) once it went
-    well, and a collection first clears what is garbage already, so that none is frozen
-    with it.  A snapshot's records all stay alive until replaced and are freed by
+    """No cyclic garbage collection inside.  With ``freeze``, for a first snapshot: once
+    it went well, every object of the process is kept out of later collections
+    (``gc.freeze``), and a collection first clears what is garbage already, so that none
+    is frozen.  A snapshot's records all stay alive until replaced and are freed by
     reference counting (records hold no cycles), yet every collection would scan them
     again: the first one after loading 10,000 endpoints takes 10-40 ms here, and each
     later full collection as long."""
@@ -136,6 +136,7 @@ class Syncer:
         self.max_backoff = max_backoff
         self.stats = SyncerStats()
         self._seen: dict[str, int] = {}     # key -> mod_revision the sink has
+        self._frozen = False                # a first snapshot's records are out of the gc
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events: queue.Queue = queue.Queue()
@@ -195,19 +196,19 @@ class Syncer:
         resync = bool(seen)     # only a resync compares with what the sink already has
         # What the sink has is recorded once a batch is handed over: a read that fails
         # half-way leaves the rest to the next attempt, not marked as delivered.
-        unsent: list[tuple[str, int]] = []
-        with gc_paused(freeze=not resync):
+        mods: list[int] = []                # the batch's mod revisions, in its order
+        with gc_paused(freeze=not self._frozen):
             for prefix in self.prefixes:
                 for kvs, revision in self.client.iter_prefix(prefix, revision):
                     total += len(kvs)
                     for kv in kvs:
-                        key = kv.key.decode("utf-8", "replace")
+                        key = key_of(kv)
                         mod = kv.mod_revision
                         if resync:
                             present.add(key)
                             if seen.get(key) == mod:
                                 continue
-                        unsent.append((key, mod))
+                        mods.append(mod)
                         upd = decode_kv(layout, key, kv.value)
                         if upd.error:
                             errors += 1
@@ -216,16 +217,18 @@ class Syncer:
                         if len(batch) >= BATCH:
                             changed += len(batch)
                             self.sink(Updates(batch))
-                            seen.update(unsent)
-                            batch, unsent = [], []
+                            seen.update(zip([u.key for u in batch], mods))
+                            batch, mods = [], []
+        self._frozen = True
         changed += len(batch)
+        delivered = list(zip([u.key for u in batch], mods))
         gone = [k for k in seen if k not in present] if resync else []
         for key in gone:
-            del self._seen[key]
-            batch.append(decode_delete(self.layout, key))
+            del seen[key]
+            batch.append(decode_delete(layout, key))
         if batch:
             self.sink(Updates(batch))
-        seen.update(unsent)
+        seen.update(delivered)
         elapsed = time.monotonic() - t0
         self.stats.in_sync = True
         self.stats.last_revision = revision
@@ -278,7 +281,7 @@ class Syncer:
         out: list[Update] = []
         for resp in responses:
             for ev in resp.events:
-                key = ev.key.decode("utf-8", "replace")
+                key = key_of(ev)
                 if type(ev).__name__ == "DeleteEvent":
                     if self._seen.pop(key, None) is None:
                         continue

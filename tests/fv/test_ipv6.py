@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from agentkit import BgpAgent, listen, route_events_during
+from agentkit import listen, route_events_during
 
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.interfaces import GATEWAY_V6
@@ -249,7 +249,7 @@ protocol bgp host6 {
     registry.add_bgp_peer("fd10:7::1", 65010, host=H)
     _, mac = plug(host, netns_factory, "b1", [], [v6(0x91)])
     register(registry, "b1", mac, [], [v6(0x91)], [open_profile])
-    agent_factory(host, H, cls=BgpAgent).wait_ready(registry)
+    agent_factory(host, H).wait_ready(registry)
 
     wait_for(lambda: bird.routes("master6").get(f"{v6(0x91)}/128") == {"fd10:7::2"}, 30,
              what="the ToR holds the workload's /128 via the host")

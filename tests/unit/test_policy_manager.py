@@ -13,12 +13,11 @@ import shlex
 import pytest
 
 from felix_py import config as config_mod
+from felix_py.agent import fresh_host_order
 from felix_py.calc.store import Store
 from felix_py.dataplane.iptables import IptablesError, IptablesTable, parse_save, render
 from felix_py.dataplane.ipsets import IpsetError, Ipsets
-from felix_py.dataplane.manager import DataplaneError
-from felix_py.agent import fresh_host_order
-from felix_py.dataplane.manager import DataplaneRefresh
+from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane.policy import PolicyManager
 from policy import names
 from policy.host import SetSpec

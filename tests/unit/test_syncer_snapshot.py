@@ -5,11 +5,20 @@ import gc
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from felix_py.datastore.client import DatastoreUnavailable
 from felix_py.datastore.keys import KeyLayout
 from felix_py.datastore.syncer import Syncer, Updates
 
 LAYOUT = KeyLayout("/calico")
+
+
+@pytest.fixture(autouse=True)
+def unfrozen():
+    """The rest of the test run keeps its objects collectable."""
+    yield
+    gc.unfreeze()
 
 
 def kv(i, rev=1):
