@@ -136,6 +136,8 @@ def _template_regex(segs) -> re.Pattern:
 
 
 _COMPILED = [(kind, _split_template(t)) for kind, t in _TEMPLATES]
+_ENDPOINT = Kind.ENDPOINT       # a plain global: an Enum member lookup costs more
+_tuple_new = tuple.__new__      # builds a NamedTuple without its Python-level __new__
 _BY_LEN: dict[int, list] = {}
 for _kind, _segs in _COMPILED:
     _BY_LEN.setdefault(len(_segs), []).append((_kind, _template_regex(_segs)))
@@ -164,8 +166,9 @@ class KeyLayout:
                 and segs[6] == "endpoint" and all(segs)):
             # Endpoint keys are most of a snapshot: the template's regex, by hand, ~3x faster
             # (tests/unit/test_keys_config.py holds the two to the same result).
-            return ParsedKey(key, Kind.ENDPOINT, {"host": segs[2], "orchestrator": segs[4],
-                                                  "workload": segs[5], "endpoint": segs[7]})
+            return _tuple_new(ParsedKey, (key, _ENDPOINT, {
+                "host": segs[2], "orchestrator": segs[4], "workload": segs[5],
+                "endpoint": segs[7]}))
         if not all(segs):
             raise KeyLayoutError(f"key {key!r} has an empty path segment")
         for kind, regex in _BY_LEN.get(len(segs), ()):

@@ -94,13 +94,16 @@ def gc_paused(freeze: bool = False):
             gc.enable()
 
 
+_tuple_new = tuple.__new__      # builds a NamedTuple without its Python-level __new__
+
+
 def decode_kv(layout: KeyLayout, key: str, value: bytes) -> Update:
     try:
         pk = layout.parse(key)
     except KeyLayoutError as e:
         return Update(key, None, error=e)
     try:
-        return Update(key, pk, model.decode(pk, value))
+        return _tuple_new(Update, (key, pk, model.decode(pk, value), None, False))
     except model.ModelError as e:
         return Update(key, pk, error=e)
 
