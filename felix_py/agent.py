@@ -20,10 +20,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from bgp.driver import Spare
-from bgp.manager import BgpAnnouncer, BgpManager
+from bgp.manager import BgpManager
 from felix_py import __version__
 from felix_py import config as config_mod
 from felix_py.calc.store import Changes, Store
@@ -49,18 +49,40 @@ RESTART_SETTINGS = ("RouteProtocol", "HealthHost", "HealthPort", "ReportingTtlSe
 
 @dataclass
 class Context:
-    """What managers are built from."""
+    """What managers are built from.  ``routes`` is built by ``build_managers``, which
+    gives it the policy guard as its gate; BGP hands it the routes it learns."""
     config: config_mod.Config
     hostname: str
     post: Callable[[object], None]
-    routes: RouteManager
     client: EtcdClient
     layout: KeyLayout
     exabgp_spare: Spare | None = None
+    routes: RouteManager | None = None
 
 
-def build_managers(ctx: Context) -> list:
-    """Every dataplane manager, in apply order (``docs/design.md``, "Apply order"):
+@dataclass(frozen=True)
+class ApplyOrder:
+    """The managers in the order they apply (``docs/design.md``, "Apply order").
+
+    ``managers`` is every batch's order.  ``fresh_host`` is the order of a fresh host's
+    first batch: the same up to the policy ``guard``, then routes and BGP's announcements
+    ahead of interfaces and policy.  Which of the two a first batch follows is known only
+    once the guard has applied, so ``batch`` decides there."""
+    managers: tuple
+    fresh_host: tuple
+    guard: PolicyGuard
+
+    def batch(self, first: bool) -> Iterator:
+        """The managers of one batch, each yielded once the one before it has applied."""
+        order = self.managers
+        for i in range(len(order)):
+            yield order[i]
+            if first and order[i] is self.guard and self.guard.fresh_host:
+                order = self.fresh_host
+
+
+def build_managers(ctx: Context) -> ApplyOrder:
+    """Every dataplane manager, in apply order:
 
     - BGP: ExaBGP starts (or is reconfigured) while the rest is programmed, and the route
       manager gets the learned routes (and those found at start, kept until the peers
@@ -75,21 +97,19 @@ def build_managers(ctx: Context) -> list:
     Workload routes wait until the guard has succeeded (a host whose iptables cannot be
     programmed routes no workload); learned routes do not.
 
-    On a fresh host's first batch (``fresh_host_order``) routes and announcements go before
-    interfaces and policy instead: no chains but the skeleton's exist there, so a workload
-    routed before its own chains are written has its traffic dropped, and the fabric learns
-    the routes while the chains are written."""
-    bgp = BgpManager(ctx)
+    On a fresh host's first batch routes and announcements go before interfaces and policy
+    instead: no chains but the skeleton's exist there, so a workload routed before its own
+    chains are written has its traffic dropped, and the fabric learns the routes while the
+    chains are written."""
     policy = PolicyManager.from_ctx(ctx)
-    ctx.routes.gate = lambda: policy.guard.done
-    return [bgp, policy.guard, InterfaceManager(prefixes=ctx.config.interface_prefix), policy,
-            ctx.routes, bgp.announcer]
-
-
-def fresh_host_order(rest: list, early: tuple) -> list:
-    """The managers after the policy guard, on a fresh host's first batch: ``early`` (the
-    route manager and BGP's announcer) first, the others after them in their order."""
-    return [m for m in rest if m in early] + [m for m in rest if m not in early]
+    ctx.routes = RouteManager(ctx.config.route_protocol, post=ctx.post,
+                              gate=lambda: policy.guard.done)
+    bgp = BgpManager(ctx)
+    early = (ctx.routes, bgp.announcer)
+    head = (bgp, policy.guard)
+    rest = (InterfaceManager(prefixes=ctx.config.interface_prefix), policy)
+    return ApplyOrder(managers=head + rest + early, fresh_host=head + early + rest,
+                      guard=policy.guard)
 
 
 class Agent:
@@ -109,7 +129,8 @@ class Agent:
         self.link_monitor = LinkMonitor(self.post)
         self.status = StatusReporter(client, self.layout, self.hostname,
                                      cfg.reporting_interval_secs, cfg.reporting_ttl_secs)
-        self.managers: list = []
+        self.managers: tuple = ()
+        self.order: ApplyOrder | None = None
         self.ctx: Context | None = None
         self.spare: Spare | None = None
         self._refresh: Ticker | None = None
@@ -216,10 +237,10 @@ class Agent:
 
     def _build(self) -> None:
         self._reload_config(first=True)
-        routes = RouteManager(self.config.route_protocol, post=self.post)
-        self.ctx = Context(self.config, self.hostname, self.post, routes, self.client,
-                           self.layout, self.spare)
-        self.managers = build_managers(self.ctx)
+        self.ctx = Context(self.config, self.hostname, self.post, self.client, self.layout,
+                           self.spare)
+        self.order = build_managers(self.ctx)
+        self.managers = self.order.managers
         if self.config.dataplane_refresh_secs:        # the etcd settings are known now
             self._refresh = Ticker(self.config.dataplane_refresh_secs,
                                    lambda: self.post(DataplaneRefresh()))
@@ -252,13 +273,8 @@ class Agent:
         t0 = time.monotonic()
         took: list[str] | None = None if self.health.applied else []   # for the first only
         ok = True
-        order = list(self.managers)
-        for i, m in enumerate(order):
+        for m in self.order.batch(first=not self.health.applied):
             ok = self._apply_one(m, changes, took) and ok
-            if isinstance(m, PolicyGuard) and m.fresh_host and not self.health.applied:
-                # Only what comes after the guard is reordered: the loop goes on through it.
-                early = tuple(x for x in order if isinstance(x, (RouteManager, BgpAnnouncer)))
-                order[i + 1:] = fresh_host_order(order[i + 1:], early)
         elapsed = time.monotonic() - t0
         self.metrics.apply_seconds.observe(elapsed)
         self.metrics.routes.set(len(self.ctx.routes.actual))

@@ -139,7 +139,7 @@ class PolicyGuard:
     routes make any workload reachable (chains that exist are left to the policy manager's
     full reconcile).  ``fresh_host`` says there were none at all: no workload can be
     policed with another's rules there, so routes may go in before the policy manager
-    applies (``agent.fresh_host_order``)."""
+    applies (``agent.ApplyOrder``)."""
     name = "policy-guard"
 
     def __init__(self, policy: PolicyManager):

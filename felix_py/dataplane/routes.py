@@ -41,9 +41,13 @@ class RouteManager:
 
     def __init__(self, proto: int, netlink: Netlink | None = None,
                  post: Callable[[object], None] | None = None,
-                 watch: ConflictWatch | None = None):
+                 watch: ConflictWatch | None = None,
+                 gate: Callable[[], bool] = lambda: True):
         """``post`` (the agent's queue) lets a conflict's end wake the agent's loop; without
-        it, a freed prefix is tried on the next apply that happens for another reason."""
+        it, a freed prefix is tried on the next apply that happens for another reason.
+        ``gate`` says whether workload routes may change: the agent makes them wait for the
+        skeleton of felix-py's chains (the policy guard), so that no workload is routed
+        unpoliced; until then they stay as they are in the kernel."""
         self.proto = proto
         self.nl = netlink or Netlink()
         self._watch = watch or ConflictWatch(post)
@@ -57,9 +61,7 @@ class RouteManager:
         self._failed: dict[str, str] = {}
         self._owners: dict[str, EndpointId] = {}
         self._dirty = True
-        # Whether workload routes may change: the agent makes it wait for the skeleton of
-        # felix-py's chains (PolicyGuard), so a workload is never routed unpoliced.
-        self.gate: Callable[[], bool] = lambda: True
+        self.gate = gate
         self._held: set[str] = set()
 
     # -- desired state -------------------------------------------------------------------

@@ -131,6 +131,16 @@ def test_endpoint_moves_between_hosts(host_factory, registry, agent_factory, wor
     assert registry.endpoint_status(eid("mv", "A")) is None
 
 
+def first_apply_orders(agent) -> list[list[str]]:
+    """The managers of each start's first apply, in the order they ran, from the log."""
+    out = []
+    for line in agent.log().splitlines():
+        if "first apply done" in line:
+            took = line.rsplit("(", 1)[1].rstrip(")")
+            out.append([part.split()[0] for part in took.split(", ")])
+    return out
+
+
 def test_restart_flaps_no_route(host, registry, agent_factory, workload_factory):
     for i in range(20):
         workload_factory(host, f"r{i}", f"calir{i}", f"10.65.2.{i + 1}")
@@ -153,6 +163,11 @@ def test_restart_flaps_no_route(host, registry, agent_factory, workload_factory)
     deleted = [ln for ln in lines if ln.startswith("Deleted") and "10.65.2." in ln]
     assert deleted == [], f"routes deleted during restart: {deleted}"
     assert len(route_lines(host)) == 20
+    # A fresh host routes and announces before its policy chains are written; a restarted
+    # one, whose chains police the running workloads, writes policy first.
+    assert first_apply_orders(agent) == [
+        ["bgp", "policy-guard", "routes", "bgp-announce", "interfaces", "policy"],
+        ["bgp", "policy-guard", "interfaces", "policy", "routes", "bgp-announce"]]
 
 
 def test_bad_endpoints_are_reported_and_the_rest_served(host, registry, client, layout,

@@ -13,7 +13,6 @@ import shlex
 import pytest
 
 from felix_py import config as config_mod
-from felix_py.agent import fresh_host_order
 from felix_py.calc.store import Store
 from felix_py.dataplane.iptables import IptablesError, IptablesTable, parse_save, render
 from felix_py.dataplane.ipsets import IpsetError, Ipsets
@@ -341,10 +340,6 @@ def test_only_a_host_without_any_felix_chain_is_fresh():
     m, v4, v6, _ = manager()
     m.guard.apply()
     assert m.guard.fresh_host and "felix-tod" in v4.chains and "felix-tod" in v6.chains
-    # Routes and announcements go first only there, the rest keeping its order.
-    assert fresh_host_order(["interfaces", "policy", "routes", "announce"],
-                            ("routes", "announce")) == ["routes", "announce", "interfaces",
-                                                        "policy"]
 
 
 def test_manager_reports_endpoint_problems_and_refreshes_on_message():
