@@ -147,6 +147,43 @@ def test_ipv6_settings_only_for_an_endpoint_with_an_ipv6_address_and_when_it_gai
     assert mgr.sysctl.values == {}
 
 
+def test_an_interface_set_up_for_ipv6_stays_so_until_its_veth_is_re_created(world):
+    """Nothing switches the IPv6 settings off: an interface configured again for an
+    IPv4-only endpoint (it was found down) still has them, and regaining an address writes
+    nothing; a veth re-created under the same name starts afresh."""
+    mgr, _kernel, feed, links, apply = world
+    ep = {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"]}
+    feed.endpoint(H, "w1", {**ep, "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    assert mgr.sysctl.values["net/ipv6/conf/cali1/proxy_ndp"] == "1"
+
+    # Set down as it loses its address: set up and configured again, for IPv4 only.
+    links.apply(LinkUpdate("cali1", LinkInfo(11, "cali1", False, None)))
+    mgr.sysctl.values.clear()
+    feed.endpoint(H, "w1", ep)
+    apply()
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "1"
+    assert not [p for p in mgr.sysctl.values if p.startswith("net/ipv6/")]
+
+    # Up again with its address back: the IPv6 settings written before are still there.
+    links.apply(LinkUpdate("cali1", LinkInfo(11, "cali1", True, None)))
+    mgr.sysctl.values.clear()
+    feed.endpoint(H, "w1", {**ep, "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    assert mgr.sysctl.values == {}
+
+    # The veth re-created (another ifindex) for an IPv4-only endpoint, then the address back:
+    # the new interface has no IPv6 settings yet, so they are written.
+    links.apply(LinkUpdate("cali1", LinkInfo(21, "cali1", True, None)))
+    feed.endpoint(H, "w1", ep)
+    apply()
+    assert mgr.sysctl.values["net/ipv4/conf/cali1/proxy_arp"] == "1"
+    assert not [p for p in mgr.sysctl.values if p.startswith("net/ipv6/")]
+    feed.endpoint(H, "w1", {**ep, "ipv6_nets": ["fd00::1/128"]})
+    apply()
+    assert mgr.sysctl.values["net/ipv6/conf/cali1/proxy_ndp"] == "1"
+    assert mgr.sysctl.values["net/ipv6/conf/cali1/forwarding"] == "1"
+
 def test_a_refresh_puts_back_what_something_else_changed(world):
     mgr, kernel, feed, _links, apply = world
     feed.endpoint(H, "w1", {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"],
