@@ -149,8 +149,11 @@ class ExaBgpDriver:
         self.on_event = on_event
         # A configured executable runs as it is; by default ExaBGP runs through our launcher.
         self.command = [exabgp] if exabgp else launcher_argv()
+        # The spare is the driver's from here: its first start takes it; one it cannot use
+        # ends now (it would run our launcher, not what was asked for), one never started
+        # from ends in close().
         if spare is not None and (exabgp or wrap):
-            spare.close()               # it would run our launcher, not what was asked for
+            spare.close()
             spare = None
         self._spare = spare
         self.wrap = list(wrap)                 # e.g. ["ip", "netns", "exec", NS] in tests
@@ -197,10 +200,12 @@ class ExaBgpDriver:
 
     def set_routes(self, prefixes: set[str] | frozenset[str], wait: float | None = None) -> bool:
         """Announce exactly ``prefixes``.  With ``wait``, block until the running ExaBGP has
-        acknowledged them, at most ``wait`` seconds; False when it has not by then.  Without
-        ``wait``, or with no process running (a new one announces everything when it
-        starts), returns True at once.  Either way the announcements go on in the driver's thread, which restarts
-        an ExaBGP that stops acknowledging (``ack_timeout``)."""
+        acknowledged them, at most ``wait`` seconds; False when it has not by then (with
+        ``wait=0``: whether it has, without blocking; the same prefixes again are no new
+        task).  Without ``wait``, or with no process running (a new one announces everything
+        when it starts), returns True at once.  Either way the announcements go on in the
+        driver's thread, which restarts an ExaBGP that stops acknowledging
+        (``ack_timeout``)."""
         with self._lock:
             if self._desired is None or frozenset(prefixes) != self._desired:
                 self._desired = frozenset(prefixes)
@@ -235,7 +240,8 @@ class ExaBgpDriver:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop ExaBGP (its sessions close without NOTIFICATION, so that graceful-restart
-        peers keep this host's routes) and the control thread."""
+        peers keep this host's routes) and the control thread; end the spare if no ExaBGP
+        was started from it."""
         if self._thread is not None:
             self._tasks.put(("close",))
             self._thread.join(timeout)

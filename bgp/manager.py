@@ -111,11 +111,19 @@ RUN_DIR_PREFIX = "felix-bgp-"
 OWNER_FILE = "agent.pid"
 
 
-def remove_stale_run_dirs(parent: str) -> list[str]:
+def owner_line() -> str:
+    """The pid file's line for this agent: its pid, its PID namespace and (where /proc
+    tells) its start time, which tells it from a later process given the same pid."""
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    return " ".join([str(pid), _pid_namespace(), *([stat[1]] if stat else [])]) + "\n"
+
+
+def remove_stale_run_dirs(parent: str, proc: str = "/proc") -> list[str]:
     """Remove the run directories (ExaBGP's configuration, socket) that agents killed
     without a chance to clean up left in ``parent``: ours by owner, and naming in their
-    pid file a process of this PID namespace that no longer exists.  Returns what was
-    removed."""
+    pid file a process of this PID namespace that no longer exists (gone, a zombie, or its
+    pid taken by a process started later).  Returns what was removed."""
     removed = []
     try:
         names = [n for n in os.listdir(parent) if n.startswith(RUN_DIR_PREFIX)]
@@ -127,11 +135,15 @@ def remove_stale_run_dirs(parent: str) -> list[str]:
             if os.lstat(path).st_uid != os.getuid() or not os.path.isdir(path):
                 continue
             with open(os.path.join(path, OWNER_FILE)) as f:
-                pid_text, pidns = f.read().split()
+                # "pid pidns start": older agents wrote no start time
+                pid_text, pidns, *start = f.read().split()
             pid = int(pid_text)
+            if len(start) > 1:
+                raise ValueError("too many fields")
         except (OSError, ValueError):
             continue            # not one of ours, or one still being set up
-        if pidns != _pid_namespace() or pid == os.getpid() or _alive(pid):
+        if pidns != _pid_namespace() or pid == os.getpid() or \
+                _alive(pid, start[0] if start else None, proc):
             continue            # an agent we cannot see (another PID namespace), or alive
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
@@ -150,14 +162,36 @@ def _pid_namespace() -> str:
         return "unknown"
 
 
-def _alive(pid: int) -> bool:
+def _proc_stat(pid: int, proc: str = "/proc") -> tuple[str, str] | None:
+    """(state, start time) of a process, from fields 3 and 22 of /proc/<pid>/stat; None if
+    there is no such process (or no /proc)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        with open(f"{proc}/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name, field 2, is in parentheses and may hold spaces and parentheses.
+    end = text.rfind(")")
+    fields = text[end + 1:].split()
+    if end < 0 or len(fields) < 20:
+        return None
+    return fields[0], fields[19]
+
+
+def _alive(pid: int, start: str | None, proc: str = "/proc") -> bool:
+    """Whether the agent that wrote ``pid`` (started at ``start``, if known) runs: not a
+    zombie, nor another process that was given its pid later."""
+    if start is None:
+        # A pid file without a start time (an older agent's): whether the pid exists.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    stat = _proc_stat(pid, proc)
+    return stat is not None and stat[0] != "Z" and stat[1] == start
 
 
 class BgpManager:
@@ -177,7 +211,7 @@ class BgpManager:
             remove_stale_run_dirs(tempfile.gettempdir())
             run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{self.hostname[:20]}-")
             with open(os.path.join(run_dir, OWNER_FILE), "w") as f:
-                f.write(f"{os.getpid()} {_pid_namespace()}\n")
+                f.write(owner_line())
         self.run_dir = run_dir
         level = "INFO" if ctx.config.log_level == "DEBUG" else "WARNING"
         make = driver_factory or (lambda **kw: ExaBgpDriver(
@@ -189,7 +223,7 @@ class BgpManager:
         self.plan = BgpPlan(self.hostname, enabled=False)
         self.own: frozenset[str] = frozenset()        # what the host may announce
         self.blocks: frozenset[str] = frozenset()     # its IPAM blocks, announced whole
-        self.exported: frozenset[str] = frozenset()   # what it announces (announce())
+        self.exported: frozenset[str] = frozenset()   # what ExaBGP has taken (announce())
         self.problems: tuple[str, ...] = ()
         self.key_errors: dict[str, str] = {}       # peer ip -> invalid peer key's error
         self.rejected: dict[str, str] = {}         # peer ip -> refused by exabgp_config
@@ -203,8 +237,10 @@ class BgpManager:
         self._first_apply = True
         self._dirty = True              # the plan changed: (re)configure ExaBGP
         self._learned_dirty = True      # the routes for the kernel may have changed
-        self._own_dirty = False         # our own prefixes changed: the import filter too
-        self._announce_dirty = True     # the driver must be told (again) what to announce
+        # The announcements last handed to the driver (None: it must be told afresh), and
+        # whether ExaBGP has yet to acknowledge them (announce()).
+        self._told: frozenset[str] | None = None
+        self._awaiting = False
         self.announcer = BgpAnnouncer(self)
 
     # -- datastore -----------------------------------------------------------------------
@@ -216,11 +252,9 @@ class BgpManager:
             self.rib.max_default_paths = self.ctx.config.bgp_max_default_routes
             self._dirty = True
         if changes.endpoints or changes.ipam or changes.bgp or self._first_apply:
-            self.blocks = frozenset(owned_blocks(store))
-            own = frozenset(exported_prefixes(store))
-            if own != self.own:
-                self.own = own
-                self._own_dirty = True      # the import filter leaves out our own prefixes
+            blocks = owned_blocks(store)
+            self.blocks = frozenset(blocks)
+            self.own = frozenset(exported_prefixes(store, blocks))
 
     def _peer_key_errors(self, store: Store) -> dict[str, str]:
         """Invalid peer keys that concern this host: reported as peers in state error."""
@@ -295,14 +329,14 @@ class BgpManager:
         try:
             if self._dirty:
                 self._configure()
-            elif self._own_dirty and self._applied_plan is not None:
+            elif self._applied_plan is not None:
+                # The import filter leaves out our own prefixes, which may have changed:
+                # the RIB compares, and marks itself changed if they did.
                 self.rib.set_own(self.own, self._applied_plan.own_addresses)
-                self._own_dirty = False
-                self._learned_dirty = True
         finally:
             # Even when ExaBGP cannot be configured: routes kept from before a restart
             # must reach the route manager before its first apply.
-            if self._learned_dirty:
+            if self._learned_dirty or self.rib.changed:
                 self._push_routes()
 
     def _configure(self) -> None:
@@ -332,7 +366,6 @@ class BgpManager:
         errors = {**self.key_errors, **self.rejected}
         self.rib.set_peers({ip: p.peer_type for ip, p in running.items()}, errors, self.clock())
         self.rib.set_own(self.own, plan.own_addresses)
-        self._own_dirty = False
         if plan != self._applied_plan:
             for problem in plan.problems:
                 log.warning("BGP: %s", problem)
@@ -340,30 +373,39 @@ class BgpManager:
                               listen_addresses(plan))
         self._applied_plan = plan
         self._dirty = False
-        self._announce_dirty = True     # a driver closed meanwhile knows no announcements
+        self._told = None               # a driver closed meanwhile knows no announcements
 
     def announce(self) -> None:
         """Hand the driver what this host announces and wait for ExaBGP to take it: its
         blocks, and the workload addresses whose route is installed now.  Evaluated on every
         batch, after the route manager has applied: a route it added or lost is announced or
-        withdrawn in the same batch."""
+        withdrawn in the same batch.
+
+        A batch waits (up to ``ACK_WAIT``) only when it hands the driver something new.  When
+        ExaBGP has not taken the announcements by then, the driver goes on sending them (and
+        restarts an ExaBGP that stops answering); later batches with the same announcements
+        only look whether they have been taken, without waiting."""
         if not self.plan.enabled:
             return
         # Our routes to workloads; not a learned route kept from before a restart.
         actual = self.ctx.routes.actual
         exported = frozenset(p for p in self.own if p in self.blocks
                              or (p in actual and not actual[p].gateways))
-        if exported == self.exported and not self._announce_dirty:
-            return
-        if not self.driver.set_routes(set(exported), wait=ACK_WAIT):
+        if exported == self._told:
+            if not self._awaiting:
+                return
+            wait = 0.0                  # the driver is at it already: only look
+        else:
+            wait = ACK_WAIT
+        taken = self.driver.set_routes(set(exported), wait=wait)
+        self._told, self._awaiting = exported, not taken
+        if taken:
+            self.exported = exported
+        elif wait:
             # Still taking them (or stuck, which the driver deals with): the rest of the
-            # batch goes on, and the next one looks again.
+            # batch goes on, and the next ones look again.
             log.info("ExaBGP has not taken all %d announcements within %.0fs; going on",
-                     len(exported), ACK_WAIT)
-            self._announce_dirty = True
-            return
-        self.exported = exported
-        self._announce_dirty = False
+                     len(exported), wait)
 
     # -- routes to the kernel ------------------------------------------------------------
     def _push_routes(self) -> None:

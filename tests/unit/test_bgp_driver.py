@@ -64,6 +64,10 @@ def test_nothing_is_sent_before_the_announcements_are_known(tmp_path):
             "neighbor 10.1.0.1 announce attributes next-hop self nlri 10.65.0.1/32",
             "neighbor 10.1.0.1 announce eor ipv4 unicast"]
         assert driver.announced == {"10.65.0.1/32"}
+        # The same again, not waiting: taken already, and nothing sent again.
+        assert driver.set_routes({"10.65.0.1/32"}, wait=0) is True
+        time.sleep(0.2)
+        assert len(commands.read_text().splitlines()) == 2
     finally:
         driver.close()
 
@@ -78,6 +82,9 @@ def test_a_silent_exabgp_does_not_hold_the_caller_and_is_restarted(tmp_path):
         t0 = time.monotonic()
         assert driver.set_routes({"10.65.0.1/32"}, wait=0.3) is False
         assert 0.25 <= time.monotonic() - t0 < 2
+        t0 = time.monotonic()       # wait=0: whether they are taken, without blocking
+        assert driver.set_routes({"10.65.0.1/32"}, wait=0) is False
+        assert time.monotonic() - t0 < 0.1
         wait_for(lambda: any(isinstance(e, ProcessDown) for e in events), 10,
                  what="ExaBGP restarted for not answering")
         assert "no acknowledgement from ExaBGP within 1s" in next(

@@ -3,18 +3,23 @@ announcements, learned routes, status."""
 
 import logging
 import os
+import signal
 import subprocess
+import sys
+import tempfile
+import time
 from types import SimpleNamespace
 
-from bgp import api
-from bgp.driver import ProcessDown, State
-from bgp.manager import BgpManager
+from bgp import api, manager
+from bgp.driver import ExaBgpDriver, ProcessDown, State
+from bgp.manager import ACK_WAIT, OWNER_FILE, BgpManager, remove_stale_run_dirs
 from felix_py import config, model
 from felix_py.calc.store import Changes, Store
 from felix_py.datastore.keys import EndpointId, KeyLayout
 from felix_py.dataplane.manager import DataplaneRefresh
 from felix_py.dataplane.netlink import Route
 from felix_py.ipam.blocks import new_block
+from felix_py.lab.netns import wait_for
 
 
 class FakeDriver:
@@ -31,6 +36,7 @@ class FakeDriver:
         self.helper_argv = ("/usr/bin/python3", "-m", "bgp.bridge", f"{run_dir}/api.sock")
         self.configures = 0
         self.told = 0                   # set_routes calls: the first one lets End-of-RIB go
+        self.waits = []                 # how long each of them was allowed to wait
         self.acknowledging = True       # False: ExaBGP does not take them within the wait
 
     def configure(self, text, families, listen=()):
@@ -42,6 +48,7 @@ class FakeDriver:
     def set_routes(self, prefixes, wait=None):
         self.announced = frozenset(prefixes)
         self.told += 1
+        self.waits.append(wait)
         return self.acknowledging
 
     def close(self):
@@ -63,12 +70,13 @@ class FakeRoutes:
         self.actual.update({d: Route(d, oif=7, scope="link") for d in dsts})
 
 
-def make(tmp_path, inherited=None, links=None):
-    """links: peer -> the interface it is reached on (none known by default)."""
+def make(tmp_path, inherited=None, links=None, driver=FakeDriver, run_dir=True):
+    """links: peer -> the interface it is reached on (none known by default); run_dir:
+    False to have the manager make its own."""
     posted = []
     ctx = SimpleNamespace(config=config.load({}, {}), hostname="h1", post=posted.append,
                           routes=FakeRoutes(), layout=KeyLayout("/calico"))
-    m = BgpManager(ctx, driver_factory=FakeDriver, run_dir=str(tmp_path),
+    m = BgpManager(ctx, driver_factory=driver, run_dir=str(tmp_path) if run_dir else None,
                    dump_routes=lambda: dict(inherited or {}),
                    source_address=lambda ip: "fd10:7::2" if ":" in ip else "10.1.0.11",
                    link_to=lambda ip: (links or {}).get(ip), clock=lambda: 1_800_000_000.0)
@@ -141,7 +149,7 @@ def test_exabgp_is_configured_first_and_told_the_announcements_last(tmp_path):
     assert m.driver.announced == {"10.65.0.1/32"}
 
 
-def test_announcements_not_taken_in_time_are_waited_for_again_by_the_next_batch(
+def test_announcements_not_taken_in_time_are_looked_at_again_without_waiting(
         tmp_path, caplog):
     m, ctx, posted = make(tmp_path)
     ctx.routes.install("10.65.0.1/32")
@@ -149,13 +157,77 @@ def test_announcements_not_taken_in_time_are_waited_for_again_by_the_next_batch(
     with caplog.at_level(logging.INFO, logger="bgp.manager"):
         turn(m, posted, store_with([("10.1.0.1", 65101)]))     # goes on, does not raise
     assert "has not taken all 1 announcements within 3s; going on" in caplog.text
-    assert m.driver.told == 1
-    turn(m, posted, changes=NO_CHANGES)         # nothing changed, but it looks again
-    assert m.driver.told == 2
+    assert m.driver.waits == [ACK_WAIT] and m.exported == frozenset()
+    turn(m, posted, changes=NO_CHANGES)         # nothing changed: it looks, without waiting
+    assert m.driver.waits == [ACK_WAIT, 0]
+    # A workload withdrawn meanwhile is new to the driver: handed over, waited for.
+    del ctx.routes.actual["10.65.0.1/32"]
+    turn(m, posted, changes=NO_CHANGES)
+    assert m.driver.waits == [ACK_WAIT, 0, ACK_WAIT] and m.driver.announced == frozenset()
+    ctx.routes.install("10.65.0.1/32")
     m.driver.acknowledging = True
     turn(m, posted, changes=NO_CHANGES)
     turn(m, posted, changes=NO_CHANGES)         # taken: not asked again
-    assert m.driver.told == 3 and m.announcer.bgp.exported == {"10.65.0.1/32"}
+    assert m.driver.waits == [ACK_WAIT, 0, ACK_WAIT, ACK_WAIT]
+    assert m.exported == {"10.65.0.1/32"}
+    # Configured again (a driver closed meanwhile would know nothing): told afresh.
+    s = store_with([("10.1.0.1", 65101), ("10.2.0.1", 65102)])
+    turn(m, posted, s, Changes(bgp=True))
+    assert m.driver.waits[-1] == ACK_WAIT and m.driver.told == 5
+
+
+# A stand-in for ExaBGP that takes every command and never acknowledges one (hung): it runs
+# the API helper of its configuration and says each neighbour is up.
+SILENT_EXABGP = """#!{python}
+import json, re, subprocess, sys
+conf = open(sys.argv[-1]).read()
+helper = subprocess.Popen(re.search(r"run (.*);", conf).group(1).split(),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+for peer in re.findall(r"neighbor (\\S+) {{", conf):
+    helper.stdin.write(json.dumps({{"type": "state", "neighbor": {{
+        "address": {{"local": "10.1.0.11", "peer": peer}}, "state": "up"}}}}).encode() + b"\\n")
+    helper.stdin.flush()
+for line in helper.stdout:
+    pass
+"""
+
+
+def test_a_hung_exabgp_holds_only_the_batches_that_hand_it_something_new(
+        tmp_path, monkeypatch):
+    """The real driver, ExaBGP never answering: the batch that hands it announcements waits
+    for them (ACK_WAIT); later batches with the same ones do not wait again; a batch with
+    other announcements waits again."""
+    monkeypatch.setattr(manager, "ACK_WAIT", 1.0)
+    fake = tmp_path / "exabgp"
+    fake.write_text(SILENT_EXABGP.format(python=sys.executable))
+    fake.chmod(0o755)
+    # ack_timeout: no restart while the test measures (a restarting ExaBGP is not waited for).
+    m, ctx, posted = make(tmp_path, driver=lambda **kw: ExaBgpDriver(
+        exabgp=str(fake), ack_timeout=30, **kw))
+    try:
+        m.on_changes(store_with([("10.1.0.1", 65101)]), ALL, None)
+        m.apply()
+        wait_for(lambda: m.driver.state is State.RUNNING, 10, what="ExaBGP running")
+        ctx.routes.install("10.65.0.1/32")
+
+        def batch_time():
+            t0 = time.monotonic()
+            turn(m, posted, changes=NO_CHANGES)
+            return time.monotonic() - t0
+
+        assert batch_time() >= 0.95                # handed over: waited for
+        assert batch_time() < 0.5                  # the same: not waited for again
+        assert batch_time() < 0.5
+        ctx.routes.install("10.65.0.2/32")         # not ours: announced nothing new
+        assert batch_time() < 0.5
+        del ctx.routes.actual["10.65.0.1/32"]      # withdrawn: handed over, waited for
+        assert batch_time() >= 0.95
+        assert batch_time() < 0.5
+        assert m.exported == frozenset() and m.driver.state is State.RUNNING
+    finally:
+        if m.driver.pid:
+            os.kill(m.driver.pid, signal.SIGKILL)  # it would hold close() until ack_timeout
+        m.close()
 
 
 def test_endpoint_changes_are_diffs_and_do_not_restart_exabgp(tmp_path):
@@ -323,3 +395,137 @@ def test_a_link_local_default_waits_for_its_link_and_a_refresh_looks_again(tmp_p
     turn(m, posted, changes=NO_CHANGES)
     assert ctx.routes.sources["bgp"]["::/0"] == Route("::/0", gateways=("fe80::1%up6",))
 
+
+
+def test_own_prefixes_are_filtered_out_while_ours_and_imported_again_after(tmp_path):
+    """The import filter follows this host's own prefixes batch by batch (the RIB compares
+    them): a learned prefix an endpoint here takes is dropped, and comes back when the
+    endpoint goes; a batch that changes none of them pushes nothing new."""
+    m, ctx, posted = make(tmp_path)
+    s = store_with([])
+    s.bgp.mode = "route-reflector"
+    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
+    s.bgp.route_reflectors = {"10.1.0.250": model.RouteReflector(ip="10.1.0.250",
+                                                                 cluster_id="1.0.0.1")}
+    turn(m, posted, s)
+    m.driver.on_event(api.PeerState("10.1.0.250", "up", "10.1.0.11"))
+    m.driver.on_event(api.RouteUpdate("10.1.0.250", {"10.65.0.9/32": "10.1.0.12"}))
+    turn(m, posted)
+    eid = EndpointId("h1", "k8s", "moved", "eth0")
+    s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(name="calim",
+                                                               ipv4_nets=["10.65.0.9/32"])
+    turn(m, posted, s, Changes(endpoints={eid}))
+    assert "10.65.0.9/32" not in ctx.routes.sources["bgp"]
+    ctx.routes.sources.clear()
+    turn(m, posted, s, Changes(endpoints={eid}))      # the same prefixes: nothing pushed
+    assert ctx.routes.sources == {}
+    del s.local_endpoints[eid], s.endpoints[eid]
+    turn(m, posted, s, Changes(endpoints={eid}))
+    assert ctx.routes.sources["bgp"]["10.65.0.9/32"] == Route("10.65.0.9/32",
+                                                              gateways=("10.1.0.12",))
+    assert m.driver.configures == 1
+
+
+class CountingBlocks(dict):
+    """The store's blocks, counting the passes over all of them."""
+    passes = 0
+
+    def items(self):
+        self.passes += 1
+        return super().items()
+
+
+def test_a_batch_goes_through_the_clusters_blocks_once_for_bgp(tmp_path):
+    m, ctx, posted = make(tmp_path)
+    s = store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.70.0.9/32"))
+    s.blocks = CountingBlocks()
+    s.blocks["10.65.0.0/26"] = new_block("10.65.0.0/26", "h1", False)
+    for i in range(1, 200):         # other hosts' blocks
+        s.blocks[f"10.66.{i}.0/26"] = new_block(f"10.66.{i}.0/26", f"h{i + 1}", False)
+    m.on_changes(s, ALL, None)
+    assert s.blocks.passes == 1
+    assert m.blocks == {"10.65.0.0/26"} and m.own == {"10.65.0.0/26", "10.70.0.9/32"}
+
+
+# -- run directories -----------------------------------------------------------------------
+def start_time(pid):
+    text = open(f"/proc/{pid}/stat").read()
+    return text[text.rindex(")") + 1:].split()[19]
+
+
+OURS = os.readlink("/proc/self/ns/pid")
+
+
+def owned_dirs(parent, owners):
+    for name, owner in owners.items():
+        (parent / name).mkdir()
+        (parent / name / OWNER_FILE).write_text(f"{owner}\n")
+
+
+def test_a_pid_taken_by_a_later_process_or_a_zombie_is_no_agent(tmp_path):
+    alive = subprocess.Popen(["sleep", "30"])
+    zombie = subprocess.Popen(["true"])         # not waited for until the end
+    try:
+        wait_for(lambda: open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+                 == "Z", 10, 0.02, what="a zombie")
+        owned_dirs(tmp_path, {
+            "felix-bgp-alive-1": f"{alive.pid} {OURS} {start_time(alive.pid)}",
+            # its pid, another process since (the agent started at another time)
+            "felix-bgp-reused-2": f"{alive.pid} {OURS} {int(start_time(alive.pid)) - 1}",
+            "felix-bgp-zombie-3": f"{zombie.pid} {OURS} {start_time(zombie.pid)}",
+            # an older agent's pid file, without a start time: whether the pid exists
+            "felix-bgp-old-4": f"{alive.pid} {OURS}",
+            "felix-bgp-bad-5": f"{alive.pid} {OURS} 1 2"})
+        assert sorted(remove_stale_run_dirs(str(tmp_path))) == [
+            str(tmp_path / "felix-bgp-reused-2"), str(tmp_path / "felix-bgp-zombie-3")]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "felix-bgp-alive-1", "felix-bgp-bad-5", "felix-bgp-old-4"]
+    finally:
+        alive.kill()
+        alive.wait()
+        zombie.wait()
+
+
+def test_start_times_are_read_after_the_command_name_whatever_it_holds(tmp_path):
+    proc = tmp_path / "proc"
+    rest = " ".join(str(n) for n in range(4, 22))          # fields 4 to 21
+    for pid, comm, state, start in ((101, "a) S (b", "S", 777), (102, "z", "Z", 888),
+                                    (103, "x", "R", 999)):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_text(f"{pid} ({comm}) {state} {rest} {start} 0 0\n")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    owned_dirs(runs, {"felix-bgp-a": f"101 {OURS} 777", "felix-bgp-b": f"102 {OURS} 888",
+                      "felix-bgp-c": f"103 {OURS} 998", "felix-bgp-d": f"104 {OURS} 5"})
+    assert sorted(os.path.basename(p) for p in remove_stale_run_dirs(str(runs), str(proc))) \
+        == ["felix-bgp-b", "felix-bgp-c", "felix-bgp-d"]
+
+
+AGENT = """import sys, time
+from bgp.manager import owner_line
+sys.stdout.write(owner_line())
+sys.stdout.flush()
+time.sleep(30)
+"""
+
+
+def test_the_pid_file_names_the_agent_by_pid_and_start_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    m, _, _ = make(tmp_path, run_dir=False)
+    try:
+        assert os.path.dirname(m.run_dir) == str(tmp_path)
+        assert open(os.path.join(m.run_dir, OWNER_FILE)).read().split() == [
+            str(os.getpid()), OURS, start_time("self")]
+    finally:
+        m.close()
+    assert not os.path.exists(m.run_dir)
+    # Another agent's: kept while it runs, removed once it is gone.
+    agent = subprocess.Popen([sys.executable, "-c", AGENT], stdout=subprocess.PIPE, text=True)
+    try:
+        owned_dirs(tmp_path, {"felix-bgp-other": agent.stdout.readline().strip()})
+        assert remove_stale_run_dirs(str(tmp_path)) == []
+    finally:
+        agent.kill()
+        agent.wait()
+        agent.stdout.close()
+    assert remove_stale_run_dirs(str(tmp_path)) == [str(tmp_path / "felix-bgp-other")]
