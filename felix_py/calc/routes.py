@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -77,28 +78,47 @@ def exported_prefixes(store: Store, owned: list[str] | None = None) -> set[str]:
     """``owned``: ``owned_blocks(store)``, where the caller has it already (it goes through
     every block of the cluster).  Runs on every batch that touches endpoints: addresses are
     compared as integers, since ``ipaddress`` objects for thousands of them cost tens of
-    milliseconds."""
+    milliseconds, and each is looked up among the blocks by bisection."""
     blocks = [ipaddress.ip_network(c)
               for c in (owned_blocks(store) if owned is None else owned)]
     out = {str(b) for b in blocks}
     spans = {4: [], 6: []}          # family -> (first, last) address of each block
     for b in blocks:
         spans[b.version].append((int(b.network_address), int(b.broadcast_address)))
+    covered = {family: _Covered(s) for family, s in spans.items()}
     for ep in store.local_endpoints.values():
         if ep.state != "active":
             continue
         for family, nets in ((4, ep.ipv4_nets), (6, ep.ipv6_nets)):
             for net in nets:
-                if not spans[family] or not _inside(net, family, spans[family]):
+                if not covered[family].holds(net, family):
                     out.add(net)
     return out
 
 
-def _inside(net: str, family: int, spans: list[tuple[int, int]]) -> bool:
-    """Whether ``net`` (a validated "address/length") lies within one of ``spans``."""
-    addr, length = net.split("/")
-    bits = 32 if family == 4 else 128
-    first = int.from_bytes(socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6,
-                                            addr), "big")
-    last = first | ((1 << (bits - int(length))) - 1)
-    return any(lo <= first and last <= hi for lo, hi in spans)
+class _Covered:
+    """The addresses within any of some (first, last) spans, merged into disjoint runs so
+    that one bisection finds the only run an address could be in.  Endpoints' networks are
+    single addresses (/32, /128), so lying within the merged runs is lying within a block."""
+
+    def __init__(self, spans: list[tuple[int, int]]):
+        self.firsts: list[int] = []
+        self.lasts: list[int] = []
+        for first, last in sorted(spans):
+            if self.lasts and first <= self.lasts[-1] + 1:
+                self.lasts[-1] = max(self.lasts[-1], last)
+            else:
+                self.firsts.append(first)
+                self.lasts.append(last)
+
+    def holds(self, net: str, family: int) -> bool:
+        """Whether ``net`` (a validated "address/length") lies within the runs."""
+        if not self.firsts:
+            return False
+        addr, length = net.split("/")
+        bits = 32 if family == 4 else 128
+        first = int.from_bytes(socket.inet_pton(
+            socket.AF_INET if family == 4 else socket.AF_INET6, addr), "big")
+        last = first | ((1 << (bits - int(length))) - 1)
+        i = bisect.bisect_right(self.firsts, first) - 1
+        return i >= 0 and last <= self.lasts[i]

@@ -57,3 +57,18 @@ def test_exported_prefixes_take_the_owned_blocks_the_caller_has_already():
     store.blocks = {}           # not looked at again
     assert exported_prefixes(store, owned) == {"10.65.0.0/26", "10.65.0.65/32"}
     assert exported_prefixes(store, []) == {"10.65.0.1/32", "10.65.0.65/32"}
+
+
+def test_exported_prefixes_find_addresses_among_many_adjacent_and_overlapping_blocks():
+    store = Store("h1")
+    for i in range(0, 256, 64):                     # four adjacent /26s: one run of addresses
+        store.blocks[f"10.70.0.{i}/26"] = new_block(f"10.70.0.{i}/26", "h1", False)
+    store.blocks["10.71.0.0/24"] = new_block("10.71.0.0/24", "h1", False)
+    store.blocks["10.71.0.64/26"] = new_block("10.71.0.64/26", "h1", False)   # inside it
+    store.blocks["10.72.0.0/26"] = new_block("10.72.0.0/26", "h1", False)
+    inside = ["10.70.0.0/32", "10.70.0.63/32", "10.70.0.64/32", "10.70.0.255/32",
+              "10.71.0.1/32", "10.71.0.200/32", "10.72.0.63/32"]
+    outside = ["10.69.255.255/32", "10.70.1.0/32", "10.72.0.64/32", "10.73.0.1/32",
+               "10.0.0.1/32"]
+    store.local_endpoints[eid("a")] = model.Endpoint(name="cali-a", ipv4_nets=inside + outside)
+    assert exported_prefixes(store) == set(store.blocks) | set(outside)
