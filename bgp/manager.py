@@ -10,7 +10,8 @@ agent applies apart (``agent.build_managers``): ``BgpManager`` first of all mana
   the last batch, once per batch.  Coming first, ExaBGP starts and its sessions come up
   while the agent programs interfaces, policy and routes.
 - ``BgpAnnouncer.apply()`` hands the driver the prefixes to announce, which it sends as a
-  diff and waits for ExaBGP to acknowledge: the owned IPAM blocks (their blackhole routes
+  diff; a batch that hands over a new set waits (up to ``ACK_WAIT``) for ExaBGP to
+  acknowledge it, later ones only look: the owned IPAM blocks (their blackhole routes
   drop what is unused), and each workload address whose route the route manager has
   installed.  Coming after it, it sees what the route manager installed or lost in the
   same batch (a link event leads to a batch): a workload is announced only once its route
@@ -114,9 +115,8 @@ OWNER_FILE = "agent.pid"
 def owner_line() -> str:
     """The pid file's line for this agent: its pid, its PID namespace and (where /proc
     tells) its start time, which tells it from a later process given the same pid."""
-    pid = os.getpid()
-    stat = _proc_stat(pid)
-    return " ".join([str(pid), _pid_namespace(), *([stat[1]] if stat else [])]) + "\n"
+    start = _own_start_time()
+    return " ".join([str(os.getpid()), _pid_namespace(), *([start] if start else [])]) + "\n"
 
 
 def remove_stale_run_dirs(parent: str, proc: str = "/proc") -> list[str]:
@@ -142,9 +142,11 @@ def remove_stale_run_dirs(parent: str, proc: str = "/proc") -> list[str]:
                 raise ValueError("too many fields")
         except (OSError, ValueError):
             continue            # not one of ours, or one still being set up
-        if pidns != _pid_namespace() or pid == os.getpid() or \
-                _alive(pid, start[0] if start else None, proc):
+        # Our own directory is alive by the same test; a directory of an earlier process
+        # that had our pid is not (its start time differs).
+        if pidns != _pid_namespace() or _alive(pid, start[0] if start else None, proc):
             continue            # an agent we cannot see (another PID namespace), or alive
+
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     if removed:
@@ -176,6 +178,11 @@ def _proc_stat(pid: int, proc: str = "/proc") -> tuple[str, str] | None:
     if end < 0 or len(fields) < 20:
         return None
     return fields[0], fields[19]
+
+
+def _own_start_time(proc: str = "/proc") -> str | None:
+    stat = _proc_stat(os.getpid(), proc)
+    return stat[1] if stat else None
 
 
 def _alive(pid: int, start: str | None, proc: str = "/proc") -> bool:
@@ -223,7 +230,9 @@ class BgpManager:
         self.plan = BgpPlan(self.hostname, enabled=False)
         self.own: frozenset[str] = frozenset()        # what the host may announce
         self.blocks: frozenset[str] = frozenset()     # its IPAM blocks, announced whole
-        self.exported: frozenset[str] = frozenset()   # what ExaBGP has taken (announce())
+        # What the driver last reported taken (announce()): ExaBGP's acknowledgement, or at
+        # once while no ExaBGP runs (a new one announces everything it is told).
+        self.exported: frozenset[str] = frozenset()
         self.problems: tuple[str, ...] = ()
         self.key_errors: dict[str, str] = {}       # peer ip -> invalid peer key's error
         self.rejected: dict[str, str] = {}         # peer ip -> refused by exabgp_config

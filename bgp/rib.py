@@ -229,7 +229,6 @@ class Rib:
         return routes
 
 
-
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

@@ -62,7 +62,8 @@ class Context:
 
 @dataclass(frozen=True)
 class ApplyOrder:
-    """The managers in the order they apply (``docs/design.md``, "Apply order").
+    """The managers in the order they apply (``docs/design.md``, "On a fresh host, announce
+    before policy, behind a guard").
 
     ``managers`` is every batch's order.  ``fresh_host`` is the order of a fresh host's
     first batch: the same up to the policy ``guard``, then routes and BGP's announcements
@@ -71,6 +72,15 @@ class ApplyOrder:
     managers: tuple
     fresh_host: tuple
     guard: PolicyGuard
+
+    def __post_init__(self):
+        # batch() goes on at the same place when it switches: the two orders must hold the
+        # same managers, identical up to the guard.
+        at = self.managers.index(self.guard) + 1
+        if (self.fresh_host[:at] != self.managers[:at]
+                or sorted(map(id, self.fresh_host)) != sorted(map(id, self.managers))):
+            raise ValueError("a fresh host's order must hold the same managers, the same "
+                             "up to the policy guard")
 
     def batch(self, first: bool) -> Iterator:
         """The managers of one batch, each yielded once the one before it has applied."""

@@ -157,7 +157,6 @@ class Config:
         return isinstance(other, Config) and self._values == other._values
 
 
-
 def read_file(path: str | None) -> dict[str, str]:
     if not path:
         return {}

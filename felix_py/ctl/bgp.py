@@ -237,7 +237,6 @@ def rr_list(ctx: Ctx):
     emit(docs, ["ADDRESS", "CLUSTER ID", "STATE"], rows)
 
 
-
 # -- fabric configurations ------------------------------------------------------------------
 
 @bgp.group()

@@ -47,7 +47,8 @@ class RouteManager:
         it, a freed prefix is tried on the next apply that happens for another reason.
         ``gate`` says whether workload routes may change: the agent makes them wait for the
         skeleton of felix-py's chains (the policy guard), so that no workload is routed
-        unpoliced; until then they stay as they are in the kernel."""
+        unpoliced; until then none is added or replaced (removals go ahead: they expose
+        nothing)."""
         self.proto = proto
         self.nl = netlink or Netlink()
         self._watch = watch or ConflictWatch(post)

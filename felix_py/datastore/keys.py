@@ -138,6 +138,7 @@ def _template_regex(segs) -> re.Pattern:
 _COMPILED = [(kind, _split_template(t)) for kind, t in _TEMPLATES]
 _ENDPOINT = Kind.ENDPOINT       # a plain global: an Enum member lookup costs more
 _tuple_new = tuple.__new__      # builds a NamedTuple without its Python-level __new__
+#                                 (the syncer's Update too)
 _BY_LEN: dict[int, list] = {}
 for _kind, _segs in _COMPILED:
     _BY_LEN.setdefault(len(_segs), []).append((_kind, _template_regex(_segs)))

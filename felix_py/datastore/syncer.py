@@ -31,7 +31,7 @@ from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_never,
 
 from felix_py import model
 from felix_py.datastore.client import DatastoreUnavailable, EtcdClient, key_of
-from felix_py.datastore.keys import KeyLayout, KeyLayoutError, ParsedKey
+from felix_py.datastore.keys import KeyLayout, KeyLayoutError, ParsedKey, _tuple_new
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,6 @@ def gc_paused(freeze: bool = False):
             gc.freeze()
         if enabled:
             gc.enable()
-
-
-_tuple_new = tuple.__new__      # builds a NamedTuple without its Python-level __new__
 
 
 def decode_kv(layout: KeyLayout, key: str, value: bytes) -> Update:

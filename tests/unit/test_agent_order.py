@@ -64,6 +64,15 @@ def test_a_host_with_chains_keeps_policy_before_routes_from_the_first_batch():
     assert applied == EVERY_BATCH
 
 
+def test_a_fresh_host_order_that_differs_before_the_guard_or_in_its_managers_is_refused():
+    order, _ = order_of(finds_chains=False)
+    bgp, guard, *rest = order.managers
+    with pytest.raises(ValueError, match="same managers"):
+        ApplyOrder(order.managers, (guard, bgp, *rest), guard)          # swapped before it
+    with pytest.raises(ValueError, match="same managers"):
+        ApplyOrder(order.managers, order.fresh_host[:-1], guard)        # one left out
+
+
 @pytest.fixture
 def ctx(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))      # BGP's run directory

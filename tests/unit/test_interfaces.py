@@ -184,6 +184,7 @@ def test_an_interface_set_up_for_ipv6_stays_so_until_its_veth_is_re_created(worl
     assert mgr.sysctl.values["net/ipv6/conf/cali1/proxy_ndp"] == "1"
     assert mgr.sysctl.values["net/ipv6/conf/cali1/forwarding"] == "1"
 
+
 def test_a_refresh_puts_back_what_something_else_changed(world):
     mgr, kernel, feed, _links, apply = world
     feed.endpoint(H, "w1", {"name": "cali1", "ipv4_nets": ["10.65.0.1/32"],
