@@ -3,13 +3,20 @@
 The templates live in ``contrib/bird`` (Jinja2); these functions fill them from the
 datastore's BGP settings, so that the switches and the hosts agree by construction:
 
-- ``render_tor``: a ToR peers with the hosts of its rack (every host that has this ToR's
-  address among its per-host peers), accepts from them only workload prefixes (the IP
-  pools), sends them only a default route, and passes their routes up to its uplinks;
+- ``render_tor``: a ToR peers with the hosts of its rack (every host that has one of this
+  ToR's addresses among its per-host peers, ``peer_v4`` or ``peer_v6``), accepts from them
+  only workload prefixes (the IP pools), sends them only a default route, and passes their
+  routes up to its uplinks;
 - ``render_core``: a core/spine peers with the ToRs, takes their workload routes and
   originates the default route they pass down;
 - ``render_route_reflector``: a reflector serves the hosts of its cluster as clients and
   meshes with the other reflectors.
+
+IPv6 is carried the way the hosts carry it (``bgp/exabgp_config.py``): one session per
+peer address, with the channel of that address's family (an IPv6 peer gets an ``ipv6``
+channel over IPv6, never IPv6 routes over an IPv4 session).  A dual-stack switch has a
+session per family with each neighbour; each family has filters of its own (names ending
+in ``6``).  A switch with no IPv6 address gets the IPv4-only file it always got.
 
 ``load(client, layout)`` reads what they need from etcd.  Values are checked here so that
 BIRD never gets a file it would refuse (``RenderError`` names the setting to fix).
@@ -20,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -48,6 +55,40 @@ class Neighbor:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Family:
+    """What differs between the IPv4 and the IPv6 half of a configuration.  The IPv4
+    names carry no suffix (they are the names the IPv4-only files always had)."""
+    version: int
+
+    @property
+    def suffix(self) -> str:                 # appended to filter, template and set names
+        return "" if self.version == 4 else "6"
+
+    @property
+    def channel(self) -> str:
+        return f"ipv{self.version}"
+
+    @property
+    def default(self) -> str:
+        return "0.0.0.0/0" if self.version == 4 else "::/0"
+
+
+V4, V6 = Family(4), Family(6)
+
+
+@dataclass
+class _Half:
+    """One family's part of a configuration, as the templates read it."""
+    family: Family
+    neighbors: list[Neighbor] = field(default_factory=list)   # hosts / ToRs / clients
+    ranges: list[Neighbor] = field(default_factory=list)      # dynamic ranges (ToR)
+    uplinks: list[Neighbor] = field(default_factory=list)     # uplinks (ToR), reflectors (RR)
+    workload_nets: list[str] = field(default_factory=list)
+    cluster_id: str = ""
+    unpeered: list[str] = field(default_factory=list)         # RR: clients without ip_addr_v6
+
+
 def _env(template_dir: Path | None) -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir or TEMPLATE_DIR)),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
@@ -65,14 +106,37 @@ def _symbol(prefix: str, text: str, taken: set[str]) -> str:
     return name
 
 
-def _ipv4(value: str, what: str) -> str:
+def _ip(value, what: str, version: int | None = None):
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise RenderError(f"{what}: {value!r} is not an IP address") from None
+    if version is not None and ip.version != version:
+        raise RenderError(f"{what}: {value} is not IPv{version}")
+    return ip
+
+
+def _router_id(value, what: str = "router id") -> str:
+    """BIRD's router id is a 32-bit number written as an IPv4 address, IPv6 or not."""
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
         raise RenderError(f"{what}: {value!r} is not an IP address") from None
     if ip.version != 4:
-        raise RenderError(f"{what}: {value} is not IPv4 (the templates are IPv4 only)")
+        raise RenderError(f"{what}: {value} is not IPv4 (a BIRD router id is a 32-bit id "
+                          "written as an IPv4 address, on IPv6 switches too)")
     return str(ip)
+
+
+def _neighbor_ip(value, what: str):
+    """An address BIRD can name as a neighbour without an interface."""
+    ip = _ip(value, what)
+    if ip.is_multicast or ip.is_unspecified:
+        raise RenderError(f"{what}: {ip} cannot be a BGP neighbour")
+    if ip.version == 6 and ip.is_link_local:
+        raise RenderError(f"{what}: {ip} is link-local, which BIRD accepts only with an "
+                          "interface; use a global (or ULA) address on the link")
+    return ip
 
 
 def _as(value: int, what: str) -> int:
@@ -99,16 +163,96 @@ def _host_as(bgp: BgpSettings, host: str) -> int:
     return bgp.host_as_num.get(host, bgp.as_num or DEFAULT_AS)
 
 
-def _uplinks(uplinks: Iterable[tuple], prefix: str, taken: set[str]) -> list[Neighbor]:
-    out = []
+def _host_ip(bgp: BgpSettings, host: str, version: int):
+    """The host's ip_addr_v4 / ip_addr_v6, or None."""
+    value = (bgp.host_ip_v4 if version == 4 else bgp.host_ip_v6).get(host)
+    if not value:
+        return None
+    return _ip(value, f"host {host}'s ip_addr_v{version}: fix "
+                      f"/calico/bgp/v1/host/{host}/ip_addr_v{version}", version)
+
+
+def _uplinks(uplinks: Iterable[tuple], prefix: str,
+             taken: set[str]) -> dict[int, list[Neighbor]]:
+    """``(ip, as[, password])`` items by family.  IPv4 names are chosen first, so that
+    they are the names an IPv4-only configuration has."""
+    parsed = []
     for item in uplinks:
         ip, as_num, *rest = item
         pw = rest[0] if rest else None
-        ip = _ipv4(ip, f"{prefix} {ip}")
-        out.append(Neighbor(_symbol(prefix, ip.replace(".", "_"), taken), ip,
-                            _as(int(as_num), f"{prefix} {ip}"), _password(pw, f"{prefix} {ip}"),
-                            ip))
+        addr = _neighbor_ip(ip, f"{prefix} {ip}")
+        parsed.append((addr, as_num, pw))
+    out: dict[int, list[Neighbor]] = {4: [], 6: []}
+    for version in (4, 6):
+        for addr, as_num, pw in parsed:
+            if addr.version != version:
+                continue
+            ip = str(addr)
+            what = f"{prefix} {ip}"
+            try:
+                as_num = int(as_num)
+            except (TypeError, ValueError):
+                raise RenderError(f"{what}: AS {as_num!r} is not a number") from None
+            out[version].append(Neighbor(_symbol(prefix, ip.replace(".", "_"), taken), ip,
+                                         _as(as_num, what), _password(pw, what), ip))
     return out
+
+
+def _links(addresses: Iterable[str]) -> list:
+    links = []
+    for a in addresses:
+        try:
+            if "/" not in a:
+                raise ValueError
+            link = ipaddress.ip_interface(a)
+        except (ValueError, TypeError):
+            raise RenderError(f"ToR address {a!r} is not an address with a prefix length "
+                              "(e.g. 10.1.0.1/24 or fd10:1::1/64)") from None
+        _neighbor_ip(str(link.ip), f"ToR address {a}")
+        links.append(link)
+    return links
+
+
+def _rack(bgp: BgpSettings, links: list, family: Family, local_as: int,
+          taken: set[str]) -> tuple[list[Neighbor], list[Neighbor]]:
+    """The hosts that name one of ``links``' addresses among their per-host peers of this
+    family: (sessions of their own, dynamic ranges)."""
+    v = family.version
+    own = {i.ip: i for i in links if i.version == v}
+    hosts, dynamic = [], {}
+    for host in sorted(bgp.host_peers):
+        for ip, peer in sorted(bgp.host_peers[host].items()):
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                continue              # not one of ours (and never a valid key)
+            if addr.version != v or addr not in own:
+                continue
+            link = own[addr]
+            what = f"host {host}'s peer {ip}"
+            if peer.as_num != local_as:
+                raise RenderError(f"{what} has AS {peer.as_num} but this ToR is AS {local_as}: "
+                                  f"fix /calico/bgp/v1/host/{host}/peer_v{v}/{ip}")
+            host_ip = _host_ip(bgp, host, v)
+            as_num = _as(_host_as(bgp, host), f"host {host}")
+            pw = _password(peer.password, what)
+            if host_ip is not None and host_ip in link.network:
+                hosts.append(Neighbor(_symbol("host" + family.suffix, host, taken), str(host_ip),
+                                      as_num, pw, host))
+            else:
+                dynamic.setdefault(str(link.network), []).append((host, as_num, pw))
+    ranges = []
+    for net, members in sorted(dynamic.items()):
+        kinds = {(a, p) for _, a, p in members}
+        if len(kinds) > 1:
+            raise RenderError(f"hosts {', '.join(h for h, _, _ in members)} peer with this ToR "
+                              f"from {net} with different AS numbers or passwords; one dynamic "
+                              f"range needs them equal (or give them ip_addr_v{v} on the link)")
+        (as_num, pw), = kinds
+        ranges.append(Neighbor(_symbol("rack" + family.suffix,
+                                       net.replace(".", "_").replace("/", "_"), taken),
+                               net, as_num, pw, ", ".join(h for h, _, _ in members)))
+    return hosts, ranges
 
 
 def render_tor(bgp: BgpSettings, pools: Iterable[str], *, name: str, router_id: str,
@@ -119,115 +263,146 @@ def render_tor(bgp: BgpSettings, pools: Iterable[str], *, name: str, router_id: 
     """BIRD configuration of a ToR.
 
     ``addresses``: the ToR's addresses on its rack links with their prefix length
-    (``"10.1.0.1/24"``); hosts whose per-host peers name one of them are its rack.
-    ``uplinks``: ``(ip, as[, password])`` of the core/spine switches.  A rack host whose
-    ``ip_addr_v4`` lies on the link gets a session of its own; the others (a dual-homed
-    host peering from its second link) are accepted dynamically from the link's prefix.
+    (``"10.1.0.1/24"``, ``"fd10:1::1/64"``); hosts whose per-host peers name one of them
+    are its rack, over IPv4 (``peer_v4``) or IPv6 (``peer_v6``).  ``uplinks``:
+    ``(ip, as[, password])`` of the core/spine switches, IPv4 or IPv6: one session each,
+    in the family of its address.  A rack host whose ``ip_addr_v4`` (``ip_addr_v6``) lies
+    on the link gets a session of its own; the others (a dual-homed host peering from its
+    second link, a host without ``ip_addr_v6``) are accepted dynamically from the link's
+    prefix.  The IPv6 half is rendered when the ToR has an IPv6 address or uplink; the
+    IPv4 half unless it has IPv6 ones only.
     """
     _timers(hold_time, graceful_restart)
-    router_id = _ipv4(router_id, "router id")
+    router_id = _router_id(router_id)
     local_as = _as(local_as, "ToR AS")
-    links = []
-    for a in addresses:
-        try:
-            if "/" not in a:
-                raise ValueError
-            links.append(ipaddress.ip_interface(a))
-        except ValueError:
-            raise RenderError(f"ToR address {a!r} is not an address with a prefix length "
-                              "(e.g. 10.1.0.1/24)") from None
-    own = {str(i.ip): i for i in links}
+    links = _links(addresses)
+    pools = list(pools)
     taken: set[str] = set()
-    hosts, dynamic = [], {}
-    for host in sorted(bgp.host_peers):
-        for ip, peer in sorted(bgp.host_peers[host].items()):
-            if ip not in own:
-                continue
-            link = own[ip]
-            what = f"host {host}'s peer {ip}"
-            if peer.as_num != local_as:
-                raise RenderError(f"{what} has AS {peer.as_num} but this ToR is AS {local_as}: "
-                                  f"fix /calico/bgp/v1/host/{host}/peer_v4/{ip}")
-            host_ip = bgp.host_ip_v4.get(host)
-            as_num = _as(_host_as(bgp, host), f"host {host}")
-            pw = _password(peer.password, what)
-            if host_ip and ipaddress.ip_address(host_ip) in link.network:
-                hosts.append(Neighbor(_symbol("host", host, taken), host_ip, as_num, pw, host))
-            else:
-                dynamic.setdefault(str(link.network), []).append((host, as_num, pw))
-    ranges = []
-    for net, members in sorted(dynamic.items()):
-        kinds = {(a, p) for _, a, p in members}
-        if len(kinds) > 1:
-            raise RenderError(f"hosts {', '.join(h for h, _, _ in members)} peer with this ToR "
-                              f"from {net} with different AS numbers or passwords; one dynamic "
-                              "range needs them equal (or give them ip_addr_v4 on the link)")
-        (as_num, pw), = kinds
-        ranges.append(Neighbor(_symbol("rack", net.replace(".", "_").replace("/", "_"), taken),
-                               net, as_num, pw, ", ".join(h for h, _, _ in members)))
-    nets = _workload_nets(pools)
+    halves = {v: _Half(f) for v, f in ((4, V4), (6, V6))}
+    for v, half in halves.items():
+        half.neighbors, half.ranges = _rack(bgp, links, half.family, local_as, taken)
+    for v, ups in _uplinks(uplinks, "uplink", taken).items():
+        halves[v].uplinks = ups
+    for v, half in halves.items():
+        half.workload_nets = _workload_nets(pools, v)
+    families = _families(halves, {i.version for i in links} | {v for v, h in halves.items()
+                                                               if h.uplinks})
     return _env(template_dir).get_template("tor.conf.j2").render(
-        name=name, router_id=router_id, local_as=local_as, hosts=hosts, ranges=ranges,
-        uplinks=_uplinks(uplinks, "uplink", taken), originate_default=originate_default,
-        workload_nets=nets, hold_time=hold_time, graceful_restart=graceful_restart,
-        log_file=log_file)
+        name=name, router_id=router_id, local_as=local_as, families=families,
+        originate_default=originate_default, hold_time=hold_time,
+        graceful_restart=graceful_restart, log_file=log_file)
 
 
-def _workload_nets(pools: Iterable[str]) -> list[str]:
-    nets = sorted({str(ipaddress.ip_network(p)) for p in pools
-                   if ipaddress.ip_network(p).version == 4},
-                  key=lambda n: ipaddress.ip_network(n))
-    # Without pools, any IPv4 prefix but the default itself.
-    return [f"{n}+" for n in nets] or ["0.0.0.0/0{1,32}"]
+def _families(halves: dict[int, _Half], versions: set[int]) -> list[_Half]:
+    """The halves to render: IPv6 where it is used, IPv4 unless only IPv6 is."""
+    return [halves[v] for v in (4, 6) if v in versions or (v == 4 and 6 not in versions)]
+
+
+def _workload_nets(pools: Iterable[str], version: int = 4) -> list[str]:
+    """The pools of one family as a BIRD prefix set: each pool's prefix at any length from
+    its own to a host route (/32, /128), which takes in its IPAM blocks whatever their
+    size."""
+    nets = set()
+    for p in pools:
+        try:
+            net = ipaddress.ip_network(p)
+        except (ValueError, TypeError):
+            raise RenderError(f"pool {p!r} is not a network (fix its key under "
+                              "/calico/v1/ipam/)") from None
+        if net.version == version:
+            nets.add(net)
+    # Without pools, any prefix of the family but the default itself.
+    everything = "0.0.0.0/0{1,32}" if version == 4 else "::/0{1,128}"
+    return [f"{n}+" for n in sorted(nets)] or [everything]
 
 
 def render_core(*, name: str, router_id: str, local_as: int, tors: Iterable[tuple],
                 originate_default: bool = True, hold_time: int = 9,
                 graceful_restart: int = 120, log_file: str | None = None,
                 template_dir: Path | None = None) -> str:
-    """BIRD configuration of a core/spine switch; ``tors``: ``(ip, as[, password])``."""
+    """BIRD configuration of a core/spine switch; ``tors``: ``(ip, as[, password])``, one
+    session each in the family of its address.  A core with IPv6 ToR sessions also
+    originates (and sends them) ``::/0``."""
     _timers(hold_time, graceful_restart)
     taken: set[str] = set()
+    router_id = _router_id(router_id)
+    local_as = _as(local_as, "core AS")
+    halves = {v: _Half(f) for v, f in ((4, V4), (6, V6))}
+    for v, ts in _uplinks(tors, "tor", taken).items():
+        halves[v].neighbors = ts
+    families = _families(halves, {v for v, h in halves.items() if h.neighbors})
     return _env(template_dir).get_template("core.conf.j2").render(
-        name=name, router_id=_ipv4(router_id, "router id"), local_as=_as(local_as, "core AS"),
-        tors=_uplinks(tors, "tor", taken), originate_default=originate_default,
-        hold_time=hold_time, graceful_restart=graceful_restart, log_file=log_file)
+        name=name, router_id=router_id, local_as=local_as, families=families,
+        originate_default=originate_default, hold_time=hold_time,
+        graceful_restart=graceful_restart, log_file=log_file)
 
 
-def render_route_reflector(bgp: BgpSettings, *, rr_ip: str, name: str | None = None,
+def render_route_reflector(bgp: BgpSettings, *, rr_ip: str, rr_ip_v6: str | None = None,
+                           router_id: str | None = None, name: str | None = None,
                            hold_time: int = 9, graceful_restart: int = 120,
                            log_file: str | None = None,
                            template_dir: Path | None = None) -> str:
-    """BIRD configuration of the route reflector ``/calico/bgp/v1/rr_v4/<rr_ip>``: its
-    clients are the hosts whose rr_cluster_id is its cluster_id."""
+    """BIRD configuration of the route reflector ``/calico/bgp/v1/rr_v4/<rr_ip>`` (or
+    ``rr_v6/<rr_ip>``): its clients are the hosts whose rr_cluster_id is its cluster_id,
+    reached at their ``ip_addr_v4`` (``ip_addr_v6``).
+
+    A dual-stack reflector is one BIRD with two reflector keys: ``rr_ip`` its IPv4 one,
+    ``rr_ip_v6`` its IPv6 one (``rr_v6/<rr_ip_v6>``); each family reflects for its own
+    cluster's clients and meshes with the other reflectors of that family.  The router id
+    is ``rr_ip``; an IPv6-only reflector needs ``router_id``.
+    """
     _timers(hold_time, graceful_restart)
-    rr_ip = _ipv4(rr_ip, "route reflector")
-    rr = bgp.route_reflectors.get(rr_ip)
-    if rr is None:
-        raise RenderError(f"no route reflector {rr_ip} in the datastore: add "
-                          f"/calico/bgp/v1/rr_v4/{rr_ip} with its cluster_id")
+    rr_addr = _neighbor_ip(rr_ip, "route reflector")
+    own = {rr_addr.version: rr_addr}
+    if rr_ip_v6 is not None:
+        if rr_addr.version == 6:
+            raise RenderError(f"route reflector {rr_addr} is already the IPv6 reflector: give "
+                              "the IPv4 one as rr_ip and the IPv6 one as rr_ip_v6")
+        own[6] = _neighbor_ip(rr_ip_v6, "IPv6 route reflector")
+        if own[6].version != 6:
+            raise RenderError(f"IPv6 route reflector: {rr_ip_v6} is not IPv6")
+    if router_id is None:
+        if 4 not in own:
+            raise RenderError(f"router id: the IPv6 route reflector {own[6]} needs an IPv4 "
+                              "router id (BIRD's router id is a 32-bit id written as an IPv4 "
+                              "address)")
+        router_id = str(own[4])
+    router_id = _router_id(router_id)
     local_as = _as(bgp.as_num or DEFAULT_AS, "global AS")
+    reflectors = {_ip(o, f"route reflector key /calico/bgp/v1/rr_v*/{o}"): r
+                  for o, r in sorted(bgp.route_reflectors.items())}
     taken: set[str] = set()
-    clients = []
-    for host, cluster in sorted(bgp.rr_cluster_id.items()):
-        if cluster != rr.cluster_id:
-            continue
-        ip = bgp.host_ip_v4.get(host)
-        if not ip:
-            continue          # a host without a BGP address runs no BGP
-        as_num = _host_as(bgp, host)
-        if as_num != local_as:
-            raise RenderError(f"host {host} is in AS {as_num} but its reflector is in AS "
-                              f"{local_as}: route reflection is iBGP, use one AS")
-        clients.append(Neighbor(_symbol("host", host, taken), _ipv4(ip, f"host {host}"),
-                                as_num, None, host))
-    reflectors = [Neighbor(_symbol("rr", o.replace(".", "_"), taken), _ipv4(o, "reflector"),
-                           local_as, None, f"{o} (cluster {r.cluster_id})")
-                  for o, r in sorted(bgp.route_reflectors.items()) if o != rr_ip]
+    halves = []
+    for v, addr in sorted(own.items()):
+        rr = reflectors.get(addr)
+        if rr is None:
+            raise RenderError(f"no route reflector {addr} in the datastore: add "
+                              f"/calico/bgp/v1/rr_v{v}/{addr} with its cluster_id")
+        half = _Half(V4 if v == 4 else V6, cluster_id=rr.cluster_id)
+        for host, cluster in sorted(bgp.rr_cluster_id.items()):
+            if cluster != rr.cluster_id:
+                continue
+            if not bgp.host_ip_v4.get(host):
+                continue          # a host without a BGP address runs no BGP
+            ip = _host_ip(bgp, host, v)
+            if ip is None:
+                half.unpeered.append(host)   # no ip_addr_v6: no IPv6 session to expect
+                continue
+            as_num = _host_as(bgp, host)
+            if as_num != local_as:
+                raise RenderError(f"host {host} is in AS {as_num} but its reflector is in AS "
+                                  f"{local_as}: route reflection is iBGP, use one AS")
+            half.neighbors.append(Neighbor(_symbol("host" + half.family.suffix, host, taken),
+                                           str(ip), as_num, None, host))
+        # The other reflectors of this family, meshed (in the order of their keys).
+        half.uplinks = [
+            Neighbor(_symbol("rr", str(o).replace(".", "_"), taken), str(o), local_as, None,
+                     f"{o} (cluster {r.cluster_id})")
+            for o, r in reflectors.items() if o.version == v and o != addr]
+        halves.append(half)
     return _env(template_dir).get_template("route-reflector.conf.j2").render(
-        name=name or rr_ip, router_id=rr_ip, local_as=local_as, cluster_id=rr.cluster_id,
-        clients=clients, reflectors=reflectors, hold_time=hold_time,
-        graceful_restart=graceful_restart, log_file=log_file)
+        name=name or str(rr_addr), router_id=router_id, local_as=local_as, families=halves,
+        hold_time=hold_time, graceful_restart=graceful_restart, log_file=log_file)
 
 
 def load(client, layout) -> tuple[BgpSettings, list[str]]:
