@@ -110,6 +110,18 @@ def resolve(bgp: BgpSettings, hostname: str) -> BgpPlan:
                                 "(/calico/bgp/v1/rr_v4/<ip> with that cluster_id)")
             for rr in sorted(rrs, key=lambda r: r.ip):
                 candidates.append(Peer(rr.ip, local_as, ROUTE_REFLECTOR))
+            # A reflector reaches its IPv6 clients at their ip_addr_v6 (``bgp.fabric``), so
+            # it has no session for a host without one.  The host still tries its own (a
+            # reflector configured by hand may accept it), but says why it may never come up.
+            rrs_v6 = [rr.ip for rr in sorted(rrs, key=lambda r: r.ip)
+                      if ipaddress.ip_address(rr.ip).version == 6]
+            if rrs_v6 and not bgp.host_ip_v6.get(hostname):
+                problems.append(
+                    f"host {hostname} has no ip_addr_v6, but cluster {cluster}'s IPv6 route "
+                    f"reflector(s) {', '.join(rrs_v6)} peer with their clients at their "
+                    "ip_addr_v6: one configured from the datastore has no session for this "
+                    "host, whose IPv6 session to it then never comes up; set /calico/bgp/v1/host/"
+                    f"{hostname}/ip_addr_v6 to the host's IPv6 address")
 
     peers: dict[str, Peer] = {}
     for p in candidates:

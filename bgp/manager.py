@@ -102,6 +102,11 @@ def kernel_link_to(peer: str) -> str | None:
         nl.close()
 
 
+def _family(address: str) -> int:
+    """4 or 6: the family of an address or prefix (validated text; only IPv6 has a ":")."""
+    return 6 if ":" in address else 4
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -375,7 +380,10 @@ class BgpManager:
         errors = {**self.key_errors, **self.rejected}
         self.rib.set_peers({ip: p.peer_type for ip, p in running.items()}, errors, self.clock())
         self.rib.set_own(self.own, plan.own_addresses)
-        if plan != self._applied_plan:
+        # Problems do not take part in comparing plans: one can come or go alone (a host's
+        # ip_addr_v6, which the plan only checks).
+        applied = self._applied_plan
+        if plan != applied or plan.problems != applied.problems:
             for problem in plan.problems:
                 log.warning("BGP: %s", problem)
         self.driver.configure(text, {ip: p.version for ip, p in running.items()},
@@ -479,13 +487,19 @@ class BgpManager:
     # -- status --------------------------------------------------------------------------
     def peer_status(self) -> dict[str, model.BgpPeerStatus]:
         out = {}
-        sent = len(self.driver.announced)
+        # ExaBGP gives each peer one session carrying its own address's family only
+        # (``exabgp_config``), and the driver announces each prefix to the peers of its
+        # family: a peer is sent the announced prefixes of its family, not all of them.
+        sent = {4: 0, 6: 0}
+        for prefix in self.driver.announced:
+            sent[_family(prefix)] += 1
+        versions = {p.ip: p.version for p in self.plan.peers}
         for ip, p in self.rib.peers.items():
             received, accepted = self.rib.counts(ip) if p.state != ERROR else (0, 0)
             out[ip] = model.BgpPeerStatus(
                 peer_type=p.peer_type, state=p.state, since=_iso(p.since),
                 received=received, accepted=accepted,
-                sent=sent if p.state == ESTABLISHED else 0,
+                sent=sent[versions.get(ip) or _family(ip)] if p.state == ESTABLISHED else 0,
                 # A peer that is not up because ExaBGP itself cannot run says why.
                 info=p.info or (self.driver.last_error if p.state != ESTABLISHED else None))
         return out

@@ -78,3 +78,34 @@ def test_node_mesh_key_alone_selects_the_mesh_and_contradictions_are_reported():
     plan = resolve(settings(mode="downward-default", node_mesh=model.NodeMesh(enabled=True)),
                    "h1")
     assert plan.mode == "downward-default" and "not used" in plan.problems[0]
+
+
+def test_an_ipv6_reflector_without_the_hosts_ip_addr_v6_is_reported_and_still_tried():
+    """A reflector reaches its IPv6 clients at their ip_addr_v6 (bgp.fabric): without one
+    the host's IPv6 session never comes up, and the plan says which key to set."""
+    rrs = {"10.9.0.1": model.RouteReflector(ip="10.9.0.1", cluster_id="1.0.0.1"),
+           "fd00:9::1": model.RouteReflector(ip="fd00:9::1", cluster_id="1.0.0.1"),
+           "fd00:9::2": model.RouteReflector(ip="fd00:9::2", cluster_id="1.0.0.1"),
+           "fd00:9::3": model.RouteReflector(ip="fd00:9::3", cluster_id="3.0.0.3"),
+           "10.9.0.2": model.RouteReflector(ip="10.9.0.2", cluster_id="2.0.0.2")}
+    clusters = {"h1": "1.0.0.1", "h2": "1.0.0.1", "h3": "2.0.0.2"}
+    b = settings(mode="route-reflector", route_reflectors=rrs, rr_cluster_id=clusters,
+                 host_ip_v6={"h2": "fd10:1::12"})
+    plan = resolve(b, "h1")
+    [problem] = plan.problems
+    assert "host h1 has no ip_addr_v6" in problem
+    assert "fd00:9::1, fd00:9::2" in problem and "1.0.0.1" in problem
+    assert "fd00:9::3" not in problem and "10.9.0.1" not in problem
+    assert "/calico/bgp/v1/host/h1/ip_addr_v6" in problem
+    # Reported, not dropped: a reflector configured by hand may accept the session.
+    assert [(p.ip, p.peer_type) for p in plan.peers] == [
+        ("10.9.0.1", ROUTE_REFLECTOR), ("fd00:9::1", ROUTE_REFLECTOR),
+        ("fd00:9::2", ROUTE_REFLECTOR)]
+    # With an ip_addr_v6, or with IPv4 reflectors only (an IPv6 one of another cluster
+    # does not count), there is nothing to report.
+    assert resolve(b, "h2").problems == () and len(resolve(b, "h2").peers) == 3
+    assert resolve(b, "h3").problems == ()
+    # Another mode uses no reflector: nothing to report either.
+    b.host_mode = {"h1": "downward-default"}
+    b.host_peers = {"h1": {"10.1.0.1": peer("10.1.0.1", 65101)}}
+    assert resolve(b, "h1").problems == ()

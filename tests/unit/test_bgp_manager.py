@@ -138,6 +138,29 @@ def test_announces_local_workloads_and_installs_ecmp_default(tmp_path):
     assert m.peer_status()["10.2.0.1"].state == "idle"
 
 
+def test_each_peer_is_counted_as_sent_only_the_prefixes_of_its_family(tmp_path):
+    """ExaBGP gives each peer one session with its address's family: on a dual-stack host
+    an IPv4 peer is sent the IPv4 prefixes, an IPv6 peer the IPv6 ones, not all of them."""
+    m, ctx, posted = make(tmp_path)
+    s = store_with([("10.1.0.1", 65101), ("fd10:7::1", 65101), ("10.2.0.1", 65102)],
+                   ("10.65.0.1/32",))
+    eid = EndpointId("h1", "k8s", "dual", "eth0")
+    s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(
+        name="calidual", ipv4_nets=["10.65.0.2/32"], ipv6_nets=["fd00:65::2/128"])
+    ctx.routes.install("10.65.0.1/32", "10.65.0.2/32", "fd00:65::2/128")
+    turn(m, posted, s)
+    assert m.driver.announced == {"10.65.0.1/32", "10.65.0.2/32", "fd00:65::2/128"}
+    assert m.driver.families == {"10.1.0.1": 4, "fd10:7::1": 6, "10.2.0.1": 4}
+    m.driver.on_event(api.PeerState("10.1.0.1", "up", "10.1.0.11"))
+    m.driver.on_event(api.PeerState("fd10:7::1", "up", "fd10:7::2"))
+    turn(m, posted)
+    st = m.peer_status()
+    assert (st["10.1.0.1"].state, st["10.1.0.1"].sent) == ("established", 2)
+    assert (st["fd10:7::1"].state, st["fd10:7::1"].sent) == ("established", 1)
+    assert (st["10.2.0.1"].state, st["10.2.0.1"].sent) == ("idle", 0)   # not up: nothing
+    assert m.status()["bgp_announced"] == 3                              # all families
+
+
 def test_exabgp_is_configured_first_and_told_the_announcements_last(tmp_path):
     m, ctx, posted = make(tmp_path)
     ctx.routes.install("10.65.0.1/32")
@@ -330,6 +353,30 @@ def test_no_bgp_address_stops_exabgp_and_reports(tmp_path):
     assert m.driver.state is State.CLOSED
     assert m.status()["bgp_mode"] == "disabled" and m.peer_status() == {}
     assert "ip_addr_v4" in m.status()["bgp_problems"][0]
+
+
+def test_a_problem_that_comes_alone_is_logged_and_shown(tmp_path, caplog):
+    """A host losing its ip_addr_v6 leaves its plan as it was (problems are not compared),
+    but the problem that an IPv6 reflector cannot reach it is logged and in the status."""
+    m, ctx, posted = make(tmp_path)
+    s = store_with([])
+    s.bgp.mode = "route-reflector"
+    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
+    s.bgp.route_reflectors = {"fd00:9::1": model.RouteReflector(ip="fd00:9::1",
+                                                                cluster_id="1.0.0.1")}
+    s.bgp.host_ip_v6 = {"h1": "fd10:1::11"}
+    turn(m, posted, s)
+    assert m.status()["bgp_problems"] == []
+    del s.bgp.host_ip_v6["h1"]
+    with caplog.at_level(logging.WARNING, logger="bgp.manager"):
+        turn(m, posted, s, Changes(bgp=True))
+    [problem] = m.status()["bgp_problems"]
+    assert "/calico/bgp/v1/host/h1/ip_addr_v6" in problem and problem in caplog.text
+    assert "neighbor fd00:9::1 {" in m.driver.config        # still tried
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bgp.manager"):
+        turn(m, posted, s, Changes(bgp=True))               # the same problems: once
+    assert "BGP:" not in caplog.text
 
 
 def test_run_directories_of_dead_agents_are_removed_and_no_other(tmp_path):
