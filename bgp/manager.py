@@ -514,6 +514,10 @@ class BgpManager:
                 "exabgp_state": self.driver.state.value, "exabgp_restarts": self.driver.restarts,
                 "exabgp_error": self.driver.last_error, "bgp_problems": list(self.plan.problems)}
 
+    def host_problems(self) -> list[str]:
+        """The BGP settings this host cannot follow as they are (``bgp.config``)."""
+        return [f"BGP: {p}" for p in self.plan.problems]
+
     def endpoint_problems(self) -> dict[EndpointId, tuple[str, str]]:
         return {}
 

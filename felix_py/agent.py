@@ -347,8 +347,11 @@ class Agent:
                     statuses[key] = st.to_json()
         for state, n in counts.items():
             self.metrics.endpoints.labels(state).set(n)
+        # Settings the agent cannot follow, for the heartbeat (felixctl node status).
+        problems = [p for m in self.managers
+                    for p in (getattr(m, "host_problems", None) or list)()]
         self.status.publish(statuses, first_update=self.health.applied,
-                            ready=self.health.ready)
+                            ready=self.health.ready, problems=problems)
 
     def _shutdown(self) -> None:
         log.info("stopping; the dataplane stays as it is")

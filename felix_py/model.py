@@ -485,6 +485,7 @@ class HostStatus(Record):
     first_update: bool = False
     version: Optional[str] = None
     ready: Optional[bool] = None
+    problems: list[str] = Field(default_factory=list)   # settings the agent cannot follow
 
 
 class EndpointStatus(Record):

@@ -38,6 +38,8 @@ class StatusReporter:
         self._lease = None
         self._first_update = False
         self._ready = False
+        self._problems: list[str] = []
+        self._beat_now = False          # the heartbeat's content changed: write it at once
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -48,12 +50,19 @@ class StatusReporter:
         self._thread.start()
         return self
 
-    def publish(self, statuses: dict[str, str], first_update: bool, ready: bool) -> None:
-        """The complete set of status keys the agent wants (key -> JSON text)."""
+    def publish(self, statuses: dict[str, str], first_update: bool, ready: bool,
+                problems: list[str] = ()) -> None:
+        """The complete set of status keys the agent wants (key -> JSON text), and what the
+        heartbeat says: whether the agent is ready, and the problems it reports."""
         with self._cond:
             self._want = statuses
+            problems = list(problems)
+            if (first_update, ready, problems) != (self._first_update, self._ready,
+                                                   self._problems):
+                self._beat_now = True
             self._first_update = first_update
             self._ready = ready
+            self._problems = problems
             self._cond.notify()
 
     def stop(self, revoke: bool = True) -> None:
@@ -71,22 +80,26 @@ class StatusReporter:
     def _heartbeat(self) -> str:
         return json.dumps({"time": utc_now(), "uptime": round(time.monotonic() - self.started, 1),
                            "first_update": self._first_update, "version": __version__,
-                           "ready": self._ready})
+                           "ready": self._ready, "problems": self._problems})
 
     def _run(self) -> None:
         next_beat = 0.0
         while True:
             with self._cond:
                 timeout = max(0.0, next_beat - time.monotonic())
-                if not self._stop and self._want == self._written and timeout > 0:
+                if not (self._stop or self._beat_now) and self._want == self._written \
+                        and timeout > 0:
                     self._cond.wait(timeout)
                 if self._stop:
                     return
                 want = dict(self._want)
+                beat, self._beat_now = self._beat_now or time.monotonic() >= next_beat, False
+                heartbeat = self._heartbeat()
             try:
-                self._ensure_lease()
-                if time.monotonic() >= next_beat:
-                    self.client.put(self.layout.host_status(self.hostname), self._heartbeat(),
+                if self._ensure_lease():
+                    beat = True         # the heartbeat went with the old lease
+                if beat:
+                    self.client.put(self.layout.host_status(self.hostname), heartbeat,
                                     lease=self._lease)
                     next_beat = time.monotonic() + self.interval
                 self._sync(want)
@@ -99,13 +112,15 @@ class StatusReporter:
                 with self._cond:
                     self._cond.wait(min(self.interval, 2.0))
 
-    def _ensure_lease(self) -> None:
+    def _ensure_lease(self) -> bool:
+        """Refresh the lease; True when a new one had to be taken (every key is gone)."""
         if self._lease is not None:
             if self.client.refresh_lease(self._lease) > 0:
-                return
+                return False
             log.warning("status lease expired; taking a new one and rewriting status")
         self._lease = self.client.lease(self.ttl)
         self._written = {}
+        return True
 
     def _sync(self, want: dict[str, str]) -> None:
         for key in [k for k in self._written if k not in want]:

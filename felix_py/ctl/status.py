@@ -2,7 +2,8 @@
 
 An agent's heartbeat (``/calico/felix/v1/host/<host>/status``) is bound to a lease, so it
 vanishes when the agent dies; one that is older than the reporting TTL means an agent that
-is stuck or a clock that is off.  BGP sessions come from the agent's per-peer status keys.
+is stuck or a clock that is off.  The heartbeat also lists the settings the agent cannot
+follow (BGP problems).  BGP sessions come from the agent's per-peer status keys.
 """
 
 from __future__ import annotations
@@ -94,13 +95,18 @@ def status_report(ctx: Ctx, host: str) -> tuple[dict, str]:
     agent = agent_state(hb, ttl)
     peers = [(pk.parts["ip"], rec) for pk, rec, _ in items if pk.kind is Kind.BGP_PEER_STATUS]
     peer_data, peer_rows = _peer_rows(peers)
-    data = {"host": host, "agent": agent, "bgp_peers": peer_data}
+    problems = hb.problems if isinstance(hb, model.HostStatus) else []
+    data = {"host": host, "agent": agent, "problems": problems, "bgp_peers": peer_data}
     pairs = [("Host", host), ("Agent", f"{agent['state']} ({agent['detail']})")]
     if "uptime" in agent:
         pairs += [("Uptime", duration(agent["uptime"])), ("Version", agent["version"]),
                   ("Ready", agent["ready"] if agent["ready"] is not None
                    else agent["first_update"])]
-    text = fields(pairs) + "\n\nBGP peers:\n"
+    text = fields(pairs)
+    if problems:
+        text += "\n\nProblems (settings the agent cannot follow):\n"
+        text += "\n".join(f"  - {p}" for p in problems)
+    text += "\n\nBGP peers:\n"
     text += table(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], peer_rows) \
         if peer_rows else "No BGP peer status reported."
     return data, text

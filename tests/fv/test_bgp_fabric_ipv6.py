@@ -171,9 +171,10 @@ protocol bgp tor {{
     assert route_counts(bird_tor, "host_h1") == (1, 1)
     for peer in ("10.1.0.1", "fd10:1::1"):
         wait_for(lambda: (s := registry.bgp_peer_statuses("h1").get(peer))
-                 and (s.peer_type, s.state, s.received, s.accepted)
-                 == ("tor", "established", 1, 1), 10,
-                 what=f"h1's status for {peer}: established, one route received and taken")
+                 and (s.peer_type, s.state, s.received, s.accepted, s.sent)
+                 == ("tor", "established", 1, 1, 1), 10,
+                 what=f"h1's status for {peer}: established, one route received and taken, "
+                      "one sent (its family's)")
     [v6_default] = learned(h1, "-6")
     assert v6_default.startswith("default via ")
     [v4_default] = learned(h1, "-4")

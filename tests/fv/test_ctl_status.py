@@ -47,6 +47,19 @@ def test_real_agent_status_node_list_and_diags(ctl, registry, host_factory, work
     data = ctl.json("status")
     assert data["host"] == H and data["agent"]["state"] == "alive" and data["agent"]["ready"]
 
+    # What the agent cannot follow is in its heartbeat, and shown, until it changes.
+    no_peers = f"BGP: host {H} has no BGP peers in mode downward-default"
+    assert data["problems"] == [no_peers]
+    assert f"Problems (settings the agent cannot follow):\n  - {no_peers}\n" in out
+    ctl("bgp", "mode", "route-reflector", "--host", H)
+    wait_for(lambda: "rr_cluster_id" in ctl("node", "status", "--host", H), 15,
+             what="the missing cluster id among the agent's problems")
+    [problem] = ctl.json("node", "status", "--host", H)["problems"]
+    assert problem.startswith("BGP: ") and "route-reflector" in problem
+    ctl("bgp", "mode", "--clear", "--host", H)
+    wait_for(lambda: ctl.json("node", "status", "--host", H)["problems"] == [no_peers], 15,
+             what="the agent's problems back as they were once the mode is cleared")
+
     wait_for(lambda: "up" in ctl("endpoint", "list", "--host", H), what="endpoint up")
     row = next(line.split() for line in ctl("node", "list").splitlines() if line.startswith(H))
     assert row[:4] == [H, "192.0.2.5", "64512", "downward-default"]
