@@ -128,9 +128,12 @@ def _router_id(value, what: str = "router id") -> str:
     return str(ip)
 
 
-def _neighbor_ip(value, what: str):
+def neighbor_ip(value, what: str):
     """An address BIRD can name as a neighbour without an interface."""
     ip = _ip(value, what)
+    if getattr(ip, "scope_id", None):
+        raise RenderError(f"{what}: {ip} names an interface (%{ip.scope_id}); write the "
+                          "address alone, a global (or ULA) one")
     if ip.is_multicast or ip.is_unspecified:
         raise RenderError(f"{what}: {ip} cannot be a BGP neighbour")
     if ip.version == 6 and ip.is_link_local:
@@ -145,7 +148,7 @@ def _as(value: int, what: str) -> int:
     return value
 
 
-def _password(value: str | None, what: str) -> str | None:
+def check_password(value: str | None, what: str) -> str | None:
     if value is not None and (not value.isascii() or not value.isprintable()
                               or set(value) & set('"\\')):
         raise RenderError(f"{what}: the password must be printable ASCII without \" or \\")
@@ -180,7 +183,7 @@ def _uplinks(uplinks: Iterable[tuple], prefix: str,
     for item in uplinks:
         ip, as_num, *rest = item
         pw = rest[0] if rest else None
-        addr = _neighbor_ip(ip, f"{prefix} {ip}")
+        addr = neighbor_ip(ip, f"{prefix} {ip}")
         parsed.append((addr, as_num, pw))
     out: dict[int, list[Neighbor]] = {4: [], 6: []}
     for version in (4, 6):
@@ -194,7 +197,7 @@ def _uplinks(uplinks: Iterable[tuple], prefix: str,
             except (TypeError, ValueError):
                 raise RenderError(f"{what}: AS {as_num!r} is not a number") from None
             out[version].append(Neighbor(_symbol(prefix, ip.replace(".", "_"), taken), ip,
-                                         _as(as_num, what), _password(pw, what), ip))
+                                         _as(as_num, what), check_password(pw, what), ip))
     return out
 
 
@@ -208,7 +211,7 @@ def _links(addresses: Iterable[str]) -> list:
         except (ValueError, TypeError):
             raise RenderError(f"ToR address {a!r} is not an address with a prefix length "
                               "(e.g. 10.1.0.1/24 or fd10:1::1/64)") from None
-        _neighbor_ip(str(link.ip), f"ToR address {a}")
+        neighbor_ip(str(link.ip), f"ToR address {a}")
         links.append(link)
     return links
 
@@ -235,7 +238,7 @@ def _rack(bgp: BgpSettings, links: list, family: Family, local_as: int,
                                   f"fix /calico/bgp/v1/host/{host}/peer_v{v}/{ip}")
             host_ip = _host_ip(bgp, host, v)
             as_num = _as(_host_as(bgp, host), f"host {host}")
-            pw = _password(peer.password, what)
+            pw = check_password(peer.password, what)
             if host_ip is not None and host_ip in link.network:
                 hosts.append(Neighbor(_symbol("host" + family.suffix, host, taken), str(host_ip),
                                       as_num, pw, host))
@@ -352,13 +355,13 @@ def render_route_reflector(bgp: BgpSettings, *, rr_ip: str, rr_ip_v6: str | None
     is ``rr_ip``; an IPv6-only reflector needs ``router_id``.
     """
     _timers(hold_time, graceful_restart)
-    rr_addr = _neighbor_ip(rr_ip, "route reflector")
+    rr_addr = neighbor_ip(rr_ip, "route reflector")
     own = {rr_addr.version: rr_addr}
     if rr_ip_v6 is not None:
         if rr_addr.version == 6:
             raise RenderError(f"route reflector {rr_addr} is already the IPv6 reflector: give "
                               "the IPv4 one as rr_ip and the IPv6 one as rr_ip_v6")
-        own[6] = _neighbor_ip(rr_ip_v6, "IPv6 route reflector")
+        own[6] = neighbor_ip(rr_ip_v6, "IPv6 route reflector")
         if own[6].version != 6:
             raise RenderError(f"IPv6 route reflector: {rr_ip_v6} is not IPv6")
     if router_id is None:

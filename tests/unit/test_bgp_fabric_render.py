@@ -274,6 +274,8 @@ def test_invalid_ipv6_settings_are_errors_naming_what_to_fix():
         tor(addresses=["fe80::1/64"])
     with pytest.raises(fabric.RenderError, match="uplink fe80::9.*link-local"):
         tor(uplinks=[("fe80::9", 65000)])
+    with pytest.raises(fabric.RenderError, match=r"uplink fd00::9%eth0.*names an interface"):
+        tor(uplinks=[("fd00::9%eth0", 65000)])
     with pytest.raises(fabric.RenderError, match="uplink fd00::zz.*not an IP address"):
         tor(uplinks=[("fd00::zz", 65000)])
     with pytest.raises(fabric.RenderError, match="uplink fd00::1: AS 0 is out of range"):
