@@ -150,9 +150,11 @@ def main() -> None:
 Beyond its read, the snapshot spends {(s - r) / n * 1e6:.1f} us an endpoint: parsing its key,
 validating its value (canonical endpoints entirely inside pydantic-core, `docs/design.md`)
 and handing it over.  At 2x the bare read, {budget * 1000:.0f} ms would be left after the read:
-{max(budget, 0) / n * 1e6:.1f} us an endpoint, against {v / n * 1e6:.1f} us for decoding its value alone, of which
-{p / n * 1e6:.1f} us only turn its JSON into Python objects.  Single runs on this machine vary by up to 2x (ours and the
-baselines alike), so each figure is the median of runs alternating between them.
+{max(budget, 0) / n * 1e6:.1f} us an endpoint, against {v / n * 1e6:.1f} us for decoding its value alone
+({p / n * 1e6:.1f} us of which only turn its JSON into Python objects).
+
+Single runs on this machine vary by up to 2x (ours and the baselines alike), so each
+figure is the median of runs alternating between them.
 """
     print(body)
     if not args.no_write:
