@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from felix_py import model
-from felix_py.calc.store import Store
+from felix_py.calc.store import Blocks, Store
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.links import LinkInfo
 from felix_py.dataplane.netlink import Route
@@ -67,7 +67,14 @@ def workload_state(local_endpoints: dict[EndpointId, model.Endpoint],
 
 
 def owned_blocks(store: Store) -> list[str]:
-    return sorted(cidr for cidr, block in store.blocks.items() if block.host == store.hostname)
+    """The CIDRs of the IPAM blocks affine to this host, sorted.  Taken from the store's
+    index of them, in time proportional to this host's blocks; where ``store.blocks`` is
+    not an index for this host (something put another dict in its place, or changed the
+    hostname) every block of the cluster is looked at instead."""
+    blocks = store.blocks
+    if type(blocks) is Blocks and blocks.host == store.hostname:
+        return sorted(blocks.mine)
+    return sorted(cidr for cidr, block in blocks.items() if block.host == store.hostname)
 
 
 def blackhole_routes(store: Store) -> dict[str, Route]:
@@ -75,10 +82,10 @@ def blackhole_routes(store: Store) -> dict[str, Route]:
 
 
 def exported_prefixes(store: Store, owned: list[str] | None = None) -> set[str]:
-    """``owned``: ``owned_blocks(store)``, where the caller has it already (it goes through
-    every block of the cluster).  Runs on every batch that touches endpoints: addresses are
-    compared as integers, since ``ipaddress`` objects for thousands of them cost tens of
-    milliseconds, and each is looked up among the blocks by bisection."""
+    """``owned``: ``owned_blocks(store)``, where the caller has it already.  Runs on every
+    batch that touches endpoints: addresses are compared as integers, since ``ipaddress``
+    objects for thousands of them cost tens of milliseconds, and each is looked up among
+    the blocks by bisection."""
     blocks = [ipaddress.ip_network(c)
               for c in (owned_blocks(store) if owned is None else owned)]
     out = {str(b) for b in blocks}
