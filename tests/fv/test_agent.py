@@ -1,5 +1,6 @@
 """The agent for real: routes, interfaces, status and health, in throwaway namespaces."""
 
+import ipaddress
 import json
 import signal
 import time
@@ -7,6 +8,7 @@ import time
 import pytest
 from agentkit import http_get, metric, route_events_during
 
+from felix_py import __version__
 from felix_py.datastore.client import EtcdClient
 from felix_py.datastore.embedded import EmbeddedEtcd
 from felix_py.datastore.keys import EndpointId, KeyLayout
@@ -202,9 +204,21 @@ def test_bad_endpoints_are_reported_and_the_rest_served(host, registry, client, 
     assert agent.alive()
 
 
+def status_json(ns, port):
+    """/status, parsed."""
+    code, _, body = http_get(ns, port, "/status").partition("\n")
+    assert code == "200", code
+    return json.loads(body)
+
+
 def test_health_and_metrics(host, registry, agent_factory, workload_factory):
     workload_factory(host, "hm", "calihm", "10.65.5.1")
     registry.register_endpoint(eid("hm"), ep("calihm", "10.65.5.1"))
+    registry.register_endpoint(eid("gone"), ep("caligone", "10.65.5.2"))    # no interface
+    # A ToR peer that does not answer: the host's BGP is configured, its session is not up.
+    here, tor = host_and_uplink_peer(host)
+    registry.set_host_bgp_address(H, here)
+    registry.add_bgp_peer(tor, 65101, host=H)
     agent = agent_factory(host, H, FELIX_HEALTH_PORT="9099")
     agent.wait_ready(registry)
 
@@ -212,11 +226,46 @@ def test_health_and_metrics(host, registry, agent_factory, workload_factory):
     assert http_get(host, 9099, "/readyz").startswith("200")
     metrics = http_get(host, 9099, "/metrics")
     assert 'felix_local_endpoints{status="up"} 1.0' in metrics
+    assert 'felix_local_endpoints{status="down"} 1.0' in metrics
     assert "felix_apply_seconds_count" in metrics
     assert metric(host, 9099, "felix_routes") == 1
     assert metric(host, 9099, "felix_route_conflicts") == 0
     hb = registry.host_status(H)
     assert hb.first_update and hb.uptime >= 0
+
+    # /status: the agent's summary and each manager's, as an operator reads it.
+    def exabgp_running():
+        st = status_json(host, 9099)
+        return st["managers"]["bgp"]["exabgp_state"] == "running" and st
+    st = wait_for(exabgp_running, timeout=30, what="ExaBGP running in /status")
+    assert (st["host"], st["version"], st["in_sync"], st["ready"]) == (H, __version__, True, True)
+    assert st["endpoints"] == {"up": 1, "down": 1, "error": 0}      # as the metrics count them
+    assert st["last_apply_ok"] is True and st["last_apply_secs"] > 0
+    assert st["uptime_secs"] >= 0 and st["snapshot_age_secs"] >= 0
+    bgp, policy = st["managers"]["bgp"], st["managers"]["policy"]
+    assert set(st["managers"]) == {"bgp", "policy"}                # those with a status()
+    assert bgp["bgp_mode"] == "downward-default" and bgp["bgp_problems"] == []
+    assert sum(bgp["bgp_peers"].values()) == 1 and "established" not in bgp["bgp_peers"]
+    assert bgp["bgp_learned_routes"] == 0 and bgp["exabgp_restarts"] == 0
+    assert policy["chains"] > 0 and policy["applies"] >= 1 and policy["profile_errors"] == {}
+    # ExaBGP takes the announcement in its own time: the workload that is up, not the other.
+    wait_for(lambda: status_json(host, 9099)["managers"]["bgp"]["bgp_announced"] == 1,
+             what="one announcement in /status")
+    # The missing interface appears: a later snapshot counts the endpoint up, announced.
+    workload_factory(host, "gone", "caligone", "10.65.5.2")
+    wait_for(lambda: status_json(host, 9099)["endpoints"] == {"up": 2, "down": 0, "error": 0},
+             what="both endpoints up in /status")
+    wait_for(lambda: status_json(host, 9099)["managers"]["bgp"]["bgp_announced"] == 2,
+             what="both announced in /status")
+    assert http_get(host, 9099, "/nope").startswith("404")
+
+
+def host_and_uplink_peer(host):
+    """The host's address on its uplink and the stand-in ToR's on the other end (a /30)."""
+    addr = host.run("ip -4 -o addr show dev uplink").stdout.split()[3]
+    iface = ipaddress.ip_interface(addr)
+    peer = next(str(a) for a in iface.network.hosts() if a != iface.ip)
+    return str(iface.ip), peer
 
 
 def test_heartbeat_vanishes_when_agent_dies(host, registry, agent_factory):
