@@ -2,10 +2,11 @@
 
 The lab (``felix_py.lab``) is a downward-default fabric in network namespaces: embedded
 etcd on a management network, BIRD core and ToRs, hosts running the agent with ExaBGP,
-workloads plugged in by felix-cni in two security groups.  These commands build it, show
-it, test its connectivity and remove it.  They read the lab's record
-(``$FELIX_LAB_DIR/state.json``), never the global ``--etcd-endpoints``: the lab always
-talks to its own etcd.
+workloads plugged in by felix-cni in two security groups; with ``lab up --dual-stack``,
+IPv6 beside IPv4 on every fabric link, BGP session and workload.  These commands build it,
+show it, test its connectivity (in each IP version of the lab) and remove it.  They read
+the lab's record (``$FELIX_LAB_DIR/state.json``), never the global ``--etcd-endpoints``:
+the lab always talks to its own etcd.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from felix_py.datastore.client import DatastoreUnavailable, EtcdClient
 from felix_py.datastore.keys import KeyLayout
 from felix_py.lab import fabric, observe, ping as ping_mod
 from felix_py.lab.netns import existing, unique_name
-from felix_py.lab.plan import EXPORT, LIMITS, PlanError, Size, from_json, plan as make_plan
+from felix_py.lab.plan import (EXPORT, EXPORT6, LIMITS, PlanError, Size, from_json,
+                               plan as make_plan)
 from felix_py.lab.state import LabDirTooLong, LabExists, LabState
 
 TOOLS = {"ip": "iproute2", "bird": "bird2", "birdc": "bird2", "ping": "iputils-ping",
@@ -80,10 +82,14 @@ def lab():
               default=3, show_default=True, help="Workloads (containers) per host.")
 @click.option("--timeout", type=click.FloatRange(1), default=120.0, show_default=True,
               help="Seconds to wait for BGP to converge.")
+@click.option("--dual-stack", is_flag=True,
+              help="IPv6 beside IPv4: on every fabric link, a BGP session per family, an "
+                   "IPv6 pool and an IPv6 address for every workload; `lab status` and "
+                   "`lab ping` check both families.")
 @click.option("--keep-on-failure", is_flag=True,
               help="Leave a lab that failed to build as it is, for inspection "
                    "(`felixctl lab down` removes it).")
-def up(racks, hosts_per_rack, workloads_per_host, timeout, keep_on_failure):
+def up(racks, hosts_per_rack, workloads_per_host, timeout, dual_stack, keep_on_failure):
     """Build the lab and wait until BGP has converged."""
     _need_root()
     missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
@@ -92,7 +98,7 @@ def up(racks, hosts_per_rack, workloads_per_host, timeout, keep_on_failure):
                        "./contrib/setup.sh (or apt-get install them)")
     try:
         the_plan = make_plan(Size(racks, hosts_per_rack, workloads_per_host),
-                             unique_name("flab"))
+                             unique_name("flab"), dual_stack=dual_stack)
     except PlanError as e:
         raise CtlError(str(e)) from None
     try:
@@ -100,7 +106,9 @@ def up(racks, hosts_per_rack, workloads_per_host, timeout, keep_on_failure):
     except (LabExists, LabDirTooLong) as e:
         raise CtlError(str(e)) from None
     click.echo(f"Building lab {the_plan.lab_id}: {racks} rack(s) x {hosts_per_rack} host(s) "
-               f"x {workloads_per_host} workload(s), record in {state.path}")
+               f"x {workloads_per_host} workload(s)"
+               + (", dual-stack (IPv4 and IPv6)" if dual_stack else "")
+               + f", record in {state.path}")
     try:
         fabric.build(the_plan, state, click.echo, timeout)
     except BaseException as e:
@@ -128,34 +136,59 @@ def status():
     _need_root()
     the_lab = Lab(require_up=False)
     nodes = observe.report(the_lab.plan, the_lab.view(), the_lab.state.workdir)
+    dual = the_lab.plan.dual_stack
     data, rows = [], []
     for n in nodes:
         agent = agent_state(n.heartbeat, n.ttl) if n.tier == "host" else None
-        established = sum(st.lower() == "established" for st in n.sessions.values())
-        data.append({"tier": n.tier, "node": n.name, "netns": n.netns, "as_num": n.as_num,
-                     "routes": sorted(n.held), "expected": sorted(n.expected),
-                     "default_via": n.default, "blackholes": sorted(n.blackholes),
-                     "bgp_sessions": n.sessions, "agent": agent, "problems": n.problems})
-        if n.tier == "host":
-            routes = f"{len(n.held)}/{len(n.expected)} workloads + " + \
-                     ("default" if n.default else "NO default")
-            if n.blackholes:
-                routes += f" (+{len(n.blackholes)} block blackhole)"
-            agent_text = f"{agent['state']} ({agent['detail']})"
-        else:
-            routes = f"{len(n.held)}/{len(n.expected)} prefixes" + (
-                " + default" if n.default else "")
-            agent_text = None
-        rows.append([n.tier, n.name, n.as_num, routes,
-                     f"{established}/{len(n.sessions)} established", agent_text,
-                     "; ".join(n.problems) or "ok"])
-    emit(data, ["TIER", "NODE", "AS", "ROUTES (HELD/EXPECTED)", "BGP", "AGENT", "STATE"], rows)
+        agent_text = f"{agent['state']} ({agent['detail']})" if agent else None
+        v4 = n.families[4]
+        item = {"tier": n.tier, "node": n.name, "netns": n.netns, "as_num": n.as_num,
+                **_family_data(v4), "agent": agent, "problems": n.problems}
+        if dual:
+            # The top-level fields are IPv4's, as in an IPv4-only lab; "problems" lists
+            # every family's.
+            item["ipv6"] = {**_family_data(n.families[6]),
+                            "problems": n.families[6].problems}
+        data.append(item)
+        if not dual:
+            rows.append([n.tier, n.name, n.as_num, _routes_text(n.tier, v4),
+                         _sessions_text(v4), agent_text, "; ".join(n.problems) or "ok"])
+            continue
+        # A row per family, each with the node's shared problems and its own.
+        for f in n.families.values():
+            rows.append([n.tier, n.name, n.as_num, f"IPv{f.version}", _routes_text(n.tier, f),
+                         _sessions_text(f), agent_text,
+                         "; ".join(n.shared + f.problems) or "ok"])
+    headers = ["TIER", "NODE", "AS", "ROUTES (HELD/EXPECTED)", "BGP", "AGENT", "STATE"]
+    if dual:
+        headers.insert(3, "FAMILY")
+    emit(data, headers, rows)
     bad = [n.name for n in nodes if n.problems]
     if fmt() == "table":
         click.echo(f"\n{len(nodes) - len(bad)} of {len(nodes)} nodes as expected"
                    + (f"; check {', '.join(bad)}" if bad else ""))
     if bad or the_lab.state.phase != "up":
         sys.exit(1)
+
+
+def _family_data(f: observe.FamilyReport) -> dict:
+    return {"routes": sorted(f.held), "expected": sorted(f.expected), "default_via": f.default,
+            "blackholes": sorted(f.blackholes), "bgp_sessions": f.sessions}
+
+
+def _routes_text(tier: str, f: observe.FamilyReport) -> str:
+    if tier == "host":
+        text = f"{len(f.held)}/{len(f.expected)} workloads + " + \
+               ("default" if f.default else "NO default")
+        if f.blackholes:
+            text += f" (+{len(f.blackholes)} block blackhole)"
+        return text
+    return f"{len(f.held)}/{len(f.expected)} prefixes" + (" + default" if f.default else "")
+
+
+def _sessions_text(f: observe.FamilyReport) -> str:
+    established = sum(st.lower() == "established" for st in f.sessions.values())
+    return f"{established}/{len(f.sessions)} established"
 
 
 @lab.command()
@@ -166,11 +199,16 @@ def ping():
     _need_root()
     the_lab = Lab()
     store = the_lab.view().any
-    m = ping_mod.run(the_lab.plan, store)
+    dual = the_lab.plan.dual_stack
+    matrices = [ping_mod.run(the_lab.plan, store, v) for v in the_lab.plan.versions]
+    passed, failed = sum(m.passed for m in matrices), sum(m.failed for m in matrices)
     if fmt() != "table":
-        click.echo(dump({"pairs": [{"from": p.src, "to": p.dst, "expected": p.expected,
-                                    "observed": p.observed} for p in m.pairs.values()],
-                         "passed": m.passed, "failed": m.failed}, fmt()))
+        # A dual-stack lab's pairs carry their family; the totals are of both.
+        click.echo(dump({"pairs": [{"from": p.src, "to": p.dst,
+                                    **({"family": m.version} if dual else {}),
+                                    "expected": p.expected, "observed": p.observed}
+                                   for m in matrices for p in m.pairs.values()],
+                         "passed": passed, "failed": failed}, fmt()))
     else:
         members: dict[str, list[str]] = {}
         for w in the_lab.plan.workloads:
@@ -178,20 +216,32 @@ def ping():
                                                else ""), []).append(w.name)
         for group, names in members.items():
             click.echo(f"{group}: {' '.join(names)}")
+        protocols = (f"{EXPORT['protocol']} (IPv4) and {EXPORT6['protocol']} (IPv6)" if dual
+                     else EXPORT['protocol'])
         click.echo(f"export: {EXPORT['group']} members with {EXPORT['selector']} answer "
-                   f"{EXPORT['protocol']} from {EXPORT['to_group']}; nothing else crosses "
+                   f"{protocols} from {EXPORT['to_group']}; nothing else crosses "
                    "between the groups\n")
-        rows = ping_mod.grid(m)
-        click.echo(table(rows[0], rows[1:]))
-        click.echo("\ncell: expected/observed (y: ping answered, n: no answer), ! a mismatch")
-        for p in m.pairs.values():
-            if not p.passed:
-                click.echo(f"MISMATCH {p.src} ({m.addresses[p.src]}) -> {p.dst} "
-                           f"({m.addresses[p.dst]}): expected "
-                           f"{'an answer' if p.expected else 'no answer'}, got "
-                           f"{'one' if p.observed else 'none'}")
-        click.echo(f"{m.passed} passed, {m.failed} failed")
-    if m.failed:
+        for m in matrices:
+            if dual:
+                click.echo(f"IPv{m.version}:")
+            rows = ping_mod.grid(m)
+            click.echo(table(rows[0], rows[1:]))
+            if dual:
+                click.echo()
+        click.echo(("" if dual else "\n")
+                   + "cell: expected/observed (y: ping answered, n: no answer), ! a mismatch")
+        for m in matrices:
+            for p in m.pairs.values():
+                if not p.passed:
+                    click.echo(f"MISMATCH {p.src} ({m.addresses[p.src]}) -> {p.dst} "
+                               f"({m.addresses[p.dst]}): expected "
+                               f"{'an answer' if p.expected else 'no answer'}, got "
+                               f"{'one' if p.observed else 'none'}")
+        if dual:
+            for m in matrices:
+                click.echo(f"IPv{m.version}: {m.passed} passed, {m.failed} failed")
+        click.echo(f"{passed} passed, {failed} failed")
+    if failed:
         sys.exit(1)
 
 

@@ -16,6 +16,12 @@
 7. convergence: every host has its default route, every switch holds its routes, every
    endpoint is reported up.
 
+A dual-stack plan adds IPv6 to steps 2-7: the IPv6 pool, every host's ``ip_addr_v6`` and
+``peer_v6`` (its ToR's IPv6 address), an icmpv6 export beside the icmp one; IPv6 addresses
+and forwarding on the fabric links; BIRD sessions of both families (``bgp.fabric`` renders
+them from the same datastore); workloads given an IPv6 address too by felix-cni's IPAM
+(``assign_ipv6``); convergence in both families.
+
 Every namespace is recorded in the state file before it is created and every process
 right after it starts, so ``teardown(state)`` removes all of it, however far the build got.
 """
@@ -41,7 +47,8 @@ from felix_py.datastore.keys import KeyLayout
 from felix_py.datastore.registration import Registry
 from felix_py.lab import observe
 from felix_py.lab.netns import Netns, existing, veth
-from felix_py.lab.plan import (EXPORT, GROUPS, HOST_AS, MGMT_BRIDGE, MGMT_NET, POOL, Plan)
+from felix_py.lab.plan import (EXPORT, EXPORT6, GROUPS, HOST_AS, MGMT_BRIDGE, MGMT_NET, POOL,
+                               POOL6, Plan)
 from felix_py.lab.processes import AgentProcess
 from felix_py.lab.state import LabState
 from policy import groups
@@ -95,14 +102,18 @@ class Builder:
     # -- the steps -----------------------------------------------------------------------
     def steps(self):
         p = self.plan
+        dual = p.dual_stack
         return [
             (f"management network: etcd at {p.etcd_url}", self.management),
-            ("datastore: pool, BGP settings, security groups", self.datastore),
-            (f"wiring: core, {len(p.tors)} ToR(s), {len(p.hosts)} host(s)", self.wiring),
+            ("datastore: pools (IPv4, IPv6), BGP settings of both families, security groups"
+             if dual else "datastore: pool, BGP settings, security groups", self.datastore),
+            (f"wiring: core, {len(p.tors)} ToR(s), {len(p.hosts)} host(s)"
+             + (", IPv4 and IPv6 on every link" if dual else ""), self.wiring),
             ("switches: BIRD on the core and the ToRs", self.switches),
             (f"agents: felix-py and ExaBGP on {len(p.hosts)} host(s)", self.agents),
-            (f"workloads: {len(p.workloads)} via felix-cni", self.workloads),
-            ("BGP convergence", self.converge),
+            (f"workloads: {len(p.workloads)} via felix-cni"
+             + (", an IPv4 and an IPv6 address each" if dual else ""), self.workloads),
+            ("BGP convergence" + (" (IPv4 and IPv6)" if dual else ""), self.converge),
         ]
 
     def management(self) -> None:
@@ -140,18 +151,25 @@ class Builder:
     def datastore(self) -> None:
         reg = Registry(self.client, self.layout)
         reg.mark_ready()
+        dual = self.plan.dual_stack
         reg.add_pool(POOL)
+        if dual:
+            reg.add_pool(POOL6)
         reg.set_as_number(HOST_AS)
         reg.set_bgp_mode("downward-default")
         for h in self.plan.hosts:
             reg.set_host_bgp_address(h.name, h.bgp_ip)
             reg.add_bgp_peer(h.tor_ip, h.tor_as, host=h.name)
+            if dual:
+                reg.set_host_bgp_address(h.name, h.bgp_ip6, 6)
+                reg.add_bgp_peer(h.tor_ip6, h.tor_as, host=h.name)
         for name in GROUPS:
             rules, tags = groups.new_group(name)
-            if name == EXPORT["group"]:
-                rules = groups.add_export(rules, name, EXPORT["to_group"],
-                                          selector=EXPORT["selector"],
-                                          protocol=EXPORT["protocol"])
+            for export in (EXPORT, EXPORT6) if dual else (EXPORT,):
+                if name == export["group"]:
+                    rules = groups.add_export(rules, name, export["to_group"],
+                                              selector=export["selector"],
+                                              protocol=export["protocol"])
             reg.set_profile(name, rules=rules, tags=tags)
 
     def wiring(self) -> None:
@@ -160,10 +178,18 @@ class Builder:
             self.netns(node)
         for node in [p.core.name, *(t.name for t in p.tors)]:
             self.ns[node].sysctl("net.ipv4.ip_forward", 1)
+            if p.dual_stack:
+                self.ns[node].sysctl("net.ipv6.conf.all.forwarding", 1)
         for link in (*p.uplinks, *p.rack_links):
             veth(self.ns[link.a], link.a_if, self.ns[link.b], link.b_if)
             self.ns[link.a].addr(link.a_if, link.a_addr)
             self.ns[link.b].addr(link.b_if, link.b_addr)
+            if p.dual_stack:
+                # nodad: the plan made the addresses unique; BIRD and ExaBGP can bind to
+                # them at once instead of after duplicate address detection.
+                for node, dev, cidr in ((link.a, link.a_if, link.a_addr6),
+                                        (link.b, link.b_if, link.b_addr6)):
+                    self.ns[node].run(["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
         mgmt = self.ns["mgmt"]
         for h in p.hosts:
             veth(mgmt, h.name, self.ns[h.name], "mgmt")
@@ -173,15 +199,19 @@ class Builder:
     def switches(self) -> None:
         p = self.plan
         bgp, pools = bird_conf.load(self.client, self.layout)
+        # A dual-stack link has two sessions, one per family: the neighbour's address of
+        # each family is given (bgp.fabric renders each with its family's channel).
         confs = {p.core.name: bird_conf.render_core(
             name=p.core.name, router_id=p.core.router_id, local_as=p.core.as_num,
-            tors=[(link.b_addr.split("/")[0], t.as_num) for link, t in zip(p.uplinks, p.tors)],
+            tors=[(ip, t.as_num) for link, t in zip(p.uplinks, p.tors)
+                  for ip in _ips(link.b_addr, link.b_addr6)],
             log_file=observe.bird_log(self.workdir, p.core.name))}
         for link, t in zip(p.uplinks, p.tors):
             confs[t.name] = bird_conf.render_tor(
                 bgp, pools, name=t.name, router_id=t.router_id, local_as=t.as_num,
-                addresses=[x.a_addr for x in p.rack_links if x.a == t.name],
-                uplinks=[(link.a_addr.split("/")[0], p.core.as_num)],
+                addresses=[a for x in p.rack_links if x.a == t.name
+                           for a in (x.a_addr, x.a_addr6) if a],
+                uplinks=[(ip, p.core.as_num) for ip in _ips(link.a_addr, link.a_addr6)],
                 log_file=observe.bird_log(self.workdir, t.name))
         for name, conf in confs.items():
             bird = Bird(self.ns[name], name, self.workdir)
@@ -224,6 +254,10 @@ class Builder:
                 "etcd_endpoints": self.plan.etcd_url, "etcd_prefix": PREFIX,
                 "hostname": w.host, "args": {"cni": {"profiles": [w.group],
                                                      "labels": w.labels}}}
+        if self.plan.dual_stack:
+            # felix-cni's IPAM hands out an IPv6 address (from the IPv6 pool, in the host's
+            # IPv6 block) beside the IPv4 one; the veth gets both.
+            conf["ipam"] = {"type": "felix-ipam", "assign_ipv4": True, "assign_ipv6": True}
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": "ADD", "CNI_CONTAINERID": w.name, "CNI_IFNAME": "eth0",
                "CNI_NETNS": f"/var/run/netns/{self.ns[w.name].name}",
@@ -260,6 +294,11 @@ class Builder:
         if down:
             out.append(f"endpoint(s) not up yet: {', '.join(down)}")
         return out
+
+
+def _ips(*cidrs: str | None) -> list[str]:
+    """The addresses (without prefix length) of those of ``cidrs`` that are set."""
+    return [c.split("/")[0] for c in cidrs if c]
 
 
 def build(plan: Plan, state: LabState, say: Say, timeout: float = 90) -> None:

@@ -8,12 +8,18 @@ the core all of them.  ``report`` sets what each node really holds (BIRD's table
 host's kernel routes of the agent's protocol), its BGP sessions and heartbeat against
 that, one ``NodeReport`` per node.  ``lab up`` waits until no report has a problem;
 ``lab status`` prints them.
+
+Each IP version of the lab (IPv4; IPv6 too in a dual-stack lab) is checked apart: a
+node's ``FamilyReport`` per version holds its routes of that version (BIRD's ``master4`` or
+``master6`` table, ``ip -4`` or ``ip -6`` on a host) and its sessions of that version (an
+agent's peer by the family of its address, a BIRD session by the family of its channel).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from bgp.lab import Bird
@@ -26,7 +32,9 @@ from felix_py.datastore.syncer import decode_kv
 from felix_py.lab.netns import Netns, NetnsError
 from felix_py.lab.plan import HOST_AS, Plan
 
-DEFAULT = "0.0.0.0/0"
+DEFAULTS = {4: "0.0.0.0/0", 6: "::/0"}
+TABLES = {4: "master4", 6: "master6"}          # BIRD's table of each version
+HOST_LEN = {4: 32, 6: 128}
 
 
 @dataclass
@@ -68,19 +76,21 @@ def read(client, layout: KeyLayout, hosts) -> View:
 
 @dataclass
 class Expected:
-    host_workloads: dict[str, set[str]]     # host -> its local workloads' /32 routes
+    """What the nodes should hold of one IP version."""
+    host_workloads: dict[str, set[str]]     # host -> its local workloads' /32 (/128) routes
     announced: dict[str, set[str]]          # host -> what it announces
     switch: dict[str, set[str]]             # core / ToR -> workload prefixes it should hold
 
 
-def expected(plan: Plan, view: View) -> Expected:
+def expected(plan: Plan, view: View, version: int = 4) -> Expected:
     host_wl, announced = {}, {}
     for h in plan.hosts:
         store = view.stores[h.name]
-        host_wl[h.name] = {f"{ipaddress.ip_interface(n).ip}/32"
+        host_wl[h.name] = {f"{ipaddress.ip_interface(n).ip}/{HOST_LEN[version]}"
                            for ep in store.local_endpoints.values() if ep.state == "active"
-                           for n in ep.ipv4_nets}
-        announced[h.name] = {p for p in exported_prefixes(store) if ":" not in p}
+                           for n in (ep.ipv4_nets if version == 4 else ep.ipv6_nets)}
+        announced[h.name] = {p for p in exported_prefixes(store)
+                             if ipaddress.ip_network(p).version == version}
     switch = {t.name: set().union(*(announced[h.name] for h in plan.hosts_of(t.name)))
               for t in plan.tors}
     switch[plan.core.name] = set().union(*announced.values())
@@ -101,24 +111,26 @@ class HostRoutes:
     other: set[str] = field(default_factory=set)         # none in downward default
 
 
-def observe_host(ns: Netns, protocol: int) -> HostRoutes:
-    """The IPv4 routes the agent (its route protocol) put into the host's kernel."""
+def observe_host(ns: Netns, protocol: int, version: int = 4) -> HostRoutes:
+    """The IPv4 (IPv6) routes the agent (its route protocol) put into the host's kernel."""
     out = HostRoutes()
     current = None
-    for line in ns.run(["ip", "-4", "route", "show", "proto", str(protocol)]).stdout.splitlines():
+    default = DEFAULTS[version]
+    for line in ns.run(["ip", f"-{version}", "route", "show", "proto",
+                        str(protocol)]).stdout.splitlines():
         words = line.split()
         if not words:
             continue
         if line[0].isspace():                       # a further next hop of an ECMP route
-            if current == DEFAULT and "via" in words:
+            if current == default and "via" in words:
                 out.default_via.append(words[words.index("via") + 1])
             continue
         if words[0] == "blackhole":
             out.blackholes.add(words[1])
             current = words[1]
             continue
-        current = DEFAULT if words[0] == "default" else _prefix(words[0])
-        if current == DEFAULT:
+        current = default if words[0] == "default" else _prefix(words[0], version)
+        if current == default:
             if "via" in words:
                 out.default_via.append(words[words.index("via") + 1])
         elif "dev" in words and "via" not in words:
@@ -128,8 +140,8 @@ def observe_host(ns: Netns, protocol: int) -> HostRoutes:
     return out
 
 
-def _prefix(text: str) -> str:
-    return text if "/" in text else f"{text}/32"
+def _prefix(text: str, version: int = 4) -> str:
+    return text if "/" in text else f"{text}/{HOST_LEN[version]}"
 
 
 def bird_log(workdir: str, name: str) -> str:
@@ -143,77 +155,144 @@ def switch_bird(plan: Plan, name: str, workdir: str) -> Bird:
 
 
 @dataclass
-class NodeReport:
-    """One node of the fabric: the routes it holds against those it should hold, its BGP
-    sessions and (hosts) its agent's heartbeat; ``problems`` is empty when all is well."""
-    tier: str                           # core | tor | host
-    name: str
-    netns: str
-    as_num: int
+class FamilyReport:
+    """One IP version of a node: the routes it holds against those it should hold, and
+    its BGP sessions of that version; ``problems`` is empty when all of it is well."""
+    version: int
     held: set[str]                      # workload routes (host) or prefixes (switch)
     expected: set[str]
     default: list[str]                  # next hops of the default route ("" : originated)
     sessions: dict[str, str]            # peer -> BGP state
     blackholes: set[str] = field(default_factory=set)
-    heartbeat: object = None            # HostStatus, ModelError or None (hosts only)
-    ttl: float = 0.0
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass
+class NodeReport:
+    """One node of the fabric: a ``FamilyReport`` per IP version of the lab and (hosts) its
+    agent's heartbeat.  ``problems`` lists all of them, node-wide ones (``shared``: BIRD
+    does not answer, no heartbeat) and every family's, in a dual-stack lab each marked
+    with its version; it is empty when all is well."""
+    tier: str                           # core | tor | host
+    name: str
+    netns: str
+    as_num: int
+    families: dict[int, FamilyReport]
+    heartbeat: object = None            # HostStatus, ModelError or None (hosts only)
+    ttl: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
+
+    def problem(self, text: str, version: int | None = None) -> None:
+        if version is None:
+            self.shared.append(text)
+        else:
+            self.families[version].problems.append(text)
+            if len(self.families) > 1:
+                text = f"IPv{version}: {text}"
+        self.problems.append(text)
+
+
 def report(plan: Plan, view: View, workdir: str) -> list[NodeReport]:
-    want = expected(plan, view)
+    versions = plan.versions
+    want = {v: expected(plan, view, v) for v in versions}
     out = []
     for sw in (plan.core, *plan.tors):
         bird = switch_bird(plan, sw.name, workdir)
         try:
-            routes, sessions = bird.routes(), bird.protocols()
+            routes = {v: bird.routes(TABLES[v]) for v in versions}
+            sessions = bird.protocols()
+            family_of = session_families(bird) if len(versions) > 1 else {}
         except NetnsError:
-            routes, sessions = {}, {}
+            routes, sessions, family_of = {v: {} for v in versions}, {}, {}
             broken = f"BIRD does not answer on {bird.sock} (log: {bird_log(workdir, sw.name)})"
         else:
             broken = None
-        held = {p for p in routes if p != DEFAULT}
-        default = (sorted(routes[DEFAULT]) or [""]) if DEFAULT in routes else []
+        families = {}
+        for v in versions:
+            held = {p for p in routes[v] if p != DEFAULTS[v]}
+            default = (sorted(routes[v][DEFAULTS[v]]) or [""]) if DEFAULTS[v] in routes[v] \
+                else []
+            families[v] = FamilyReport(v, held, want[v].switch[sw.name], default,
+                                       {p: st for p, st in sessions.items()
+                                        if family_of.get(p, 4) == v})
         n = NodeReport("core" if sw.rack is None else "tor", sw.name, plan.netns(sw.name),
-                       sw.as_num, held, want.switch[sw.name], default, sessions)
+                       sw.as_num, families)
         if broken:
-            n.problems.append(broken)
-        if n.expected - held:
-            n.problems.append(f"lacks {', '.join(sorted(n.expected - held))}")
-        if held - n.expected:
-            n.problems.append(f"holds unexpected {', '.join(sorted(held - n.expected))}")
+            n.problem(broken)
+        for v, f in families.items():
+            if f.expected - f.held:
+                n.problem(f"lacks {', '.join(sorted(f.expected - f.held))}", v)
+            if f.held - f.expected:
+                n.problem(f"holds unexpected {', '.join(sorted(f.held - f.expected))}", v)
         out.append(n)
     for h in plan.hosts:
         cfg = host_config(view, h.name)
-        try:
-            got, broken = observe_host(Netns(plan.netns(h.name)), cfg.route_protocol), None
-        except NetnsError as e:
-            got, broken = HostRoutes(), f"routes unreadable ({e})"
+        got, broken = {}, None
+        for v in versions:
+            try:
+                got[v] = observe_host(Netns(plan.netns(h.name)), cfg.route_protocol, v)
+            except NetnsError as e:
+                got[v], broken = HostRoutes(), f"routes unreadable ({e})"
         hb, peers = view.statuses[h.name]
-        sessions = {ip: getattr(st, "state", "invalid") for ip, st in peers.items()}
         bgp = view.any.bgp
+        families = {v: FamilyReport(v, got[v].workloads, want[v].host_workloads[h.name],
+                                    sorted(got[v].default_via),
+                                    {ip: getattr(st, "state", "invalid")
+                                     for ip, st in peers.items() if _version(ip) == v},
+                                    got[v].blackholes)
+                    for v in versions}
         n = NodeReport("host", h.name, plan.netns(h.name),
-                       bgp.host_as_num.get(h.name, bgp.as_num or HOST_AS), got.workloads,
-                       want.host_workloads[h.name], sorted(got.default_via), sessions,
-                       got.blackholes, hb, cfg.reporting_ttl_secs)
-        if not got.default_via:
-            n.problems.append("no default route")
-        if got.workloads != n.expected:
-            n.problems.append(f"routes {len(got.workloads & n.expected)} of "
-                              f"{len(n.expected)} local workloads"
-                              + (f" and {len(got.workloads - n.expected)} stale"
-                                 if got.workloads - n.expected else ""))
-        if got.other:
-            n.problems.append(f"holds unexpected {', '.join(sorted(got.other))}")
+                       bgp.host_as_num.get(h.name, bgp.as_num or HOST_AS), families, hb,
+                       cfg.reporting_ttl_secs)
+        for v, f in families.items():
+            if not f.default:
+                n.problem("no default route", v)
+            if f.held != f.expected:
+                n.problem(f"routes {len(f.held & f.expected)} of {len(f.expected)} local "
+                          "workloads" + (f" and {len(f.held - f.expected)} stale"
+                                         if f.held - f.expected else ""), v)
+            if got[v].other:
+                n.problem(f"holds unexpected {', '.join(sorted(got[v].other))}", v)
         if hb is None:
-            n.problems.append("no agent heartbeat")
+            n.problem("no agent heartbeat")
         if broken:
-            n.problems.append(broken)
+            n.problem(broken)
         out.append(n)
     for n in out:
-        peers = [p for p, st in n.sessions.items() if st.lower() != "established"]
-        if not n.sessions:
-            n.problems.append("no BGP session")
-        elif peers:
-            n.problems.append(f"BGP session(s) not established: {', '.join(sorted(peers))}")
+        for v, f in n.families.items():
+            peers = [p for p, st in f.sessions.items() if st.lower() != "established"]
+            if not f.sessions:
+                n.problem("no BGP session", v)
+            elif peers:
+                n.problem(f"BGP session(s) not established: {', '.join(sorted(peers))}", v)
+    return out
+
+
+def _version(ip: str) -> int:
+    try:
+        return ipaddress.ip_address(ip).version
+    except ValueError:
+        return 4
+
+
+_PROTOCOL_RE = re.compile(r"^(\S+)\s+BGP\s")
+_CHANNEL_RE = re.compile(r"^\s+Channel ipv([46])\b")
+
+
+def session_families(bird: Bird) -> dict[str, int]:
+    """BGP protocol name -> the IP version of its channel (each session of the fabric has
+    one), from ``show protocols all``."""
+    out, current = {}, None
+    for line in bird.birdc("show", "protocols", "all").splitlines():
+        m = _PROTOCOL_RE.match(line)
+        if m:
+            current = m.group(1)
+            continue
+        if line and not line[0].isspace():
+            current = None                  # another kind of protocol, or a heading
+            continue
+        m = _CHANNEL_RE.match(line)
+        if m and current:
+            out[current] = int(m.group(1))
     return out

@@ -4,7 +4,10 @@ The expected result of each pair comes from the datastore's policy, evaluated by
 ``policy.testing.Oracle`` (written apart from the rule compiler); the observed one from a
 real ping out of the source workload's namespace, all pairs at once.  A pair that gets no
 answer is tried once more before it counts as closed, so that one packet lost while ARP
-resolves is not reported as policy.
+(neighbour discovery) resolves is not reported as policy.
+
+A dual-stack lab has a matrix per IP version (``run(plan, store, 6)``): the same pairs,
+ICMPv6 echo between the workloads' IPv6 addresses, expected by the same oracle.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from felix_py.lab.plan import Plan
 from policy.testing import Oracle, Packet
 
 PARALLEL = 64
+# The echo request of each version, as the oracle matches it (protocol, type, code).
+ECHO = {4: ("icmp", 8, 0), 6: ("icmpv6", 128, 0)}
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,9 @@ class Pair:
 @dataclass
 class Matrix:
     names: list[str]                     # workloads in plan order
-    addresses: dict[str, str]            # workload -> its IPv4 address
+    addresses: dict[str, str]            # workload -> its IPv4 (IPv6) address
     pairs: dict[tuple[str, str], Pair]
+    version: int = 4
 
     @property
     def passed(self) -> int:
@@ -47,32 +53,39 @@ class Matrix:
         return len(self.pairs) - self.passed
 
 
-def addresses(plan: Plan, store: Store) -> dict[str, str]:
-    """Each planned workload's IPv4 address, from its endpoint in the datastore."""
+def addresses(plan: Plan, store: Store, version: int = 4) -> dict[str, str]:
+    """Each planned workload's IPv4 (IPv6) address, from its endpoint in the datastore."""
     out = {}
     for eid, ep in store.endpoints.items():
-        if eid.workload in {w.name for w in plan.workloads} and ep.ipv4_nets:
-            out[eid.workload] = ep.ipv4_nets[0].split("/")[0]
+        nets = ep.ipv4_nets if version == 4 else ep.ipv6_nets
+        if eid.workload in {w.name for w in plan.workloads} and nets:
+            out[eid.workload] = nets[0].split("/")[0]
     return out
 
 
-def run(plan: Plan, store: Store) -> Matrix:
-    ips = addresses(plan, store)
+def run(plan: Plan, store: Store, version: int = 4) -> Matrix:
+    ips = addresses(plan, store, version)
     names = [w.name for w in plan.workloads if w.name in ips]
     oracle = Oracle(store)
     todo = [(s, d) for s in names for d in names if s != d]
-    want = {(s, d): oracle.allowed(Packet(ips[s], ips[d], "icmp", icmp_type=8, icmp_code=0))
+    protocol, echo, code = ECHO[version]
+    want = {(s, d): oracle.allowed(Packet(ips[s], ips[d], protocol, icmp_type=echo,
+                                          icmp_code=code))
             for s, d in todo}
 
     def ping(pair, count=1):
         s, d = pair
-        return Netns(plan.netns(s)).ping(ips[d], count=count, timeout=1)
+        ns = Netns(plan.netns(s))
+        if version == 4:
+            return ns.ping(ips[d], count=count, timeout=1)
+        return ns.ok(["ping", "-6", "-n", "-q", "-c", str(count), "-W", "1", ips[d]],
+                     timeout=count + 5)
 
     with ThreadPoolExecutor(PARALLEL) as pool:
         got = dict(zip(todo, pool.map(ping, todo)))
         silent = [p for p in todo if not got[p]]
         got.update(zip(silent, pool.map(lambda p: ping(p, count=2), silent)))
-    return Matrix(names, ips, {p: Pair(*p, want[p], got[p]) for p in todo})
+    return Matrix(names, ips, {p: Pair(*p, want[p], got[p]) for p in todo}, version)
 
 
 def grid(m: Matrix) -> list[list[str]]:

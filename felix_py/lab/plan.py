@@ -12,6 +12,18 @@ Address plan (private ranges, only ever configured inside the lab's namespaces):
 - ToR <-> host i: the i-th /30 of 172.20.0.0/16 (ToR 172.20.0.1, host 172.20.0.2 for host
   1: the host's BGP address and router id);
 - workloads: the IP pool 10.65.0.0/16, handed out in blocks by felix-py's IPAM.
+
+A dual-stack plan (``plan(size, lab_id, dual_stack=True)``) has all of the above and, on
+every fabric link, an IPv6 address beside the IPv4 one (unique local addresses, one /64
+per link, numbered like the IPv4 links but from 1):
+
+- core <-> ToR r: fd00:172:16:<r>::/64 (core ::1, ToR ::2);
+- ToR <-> host i: fd00:172:20:<i>::/64 (ToR ::1, host ::2: the host's IPv6 BGP address);
+- workloads: the IPv6 pool fd00:10:65::/48 as well (IPAM blocks of /122).
+
+(<r> and <i> are written in hex, as IPv6 groups are.)  The management network stays
+IPv4: it is how the agents reach etcd, not part of the fabric.  The IPv4 half of a
+dual-stack plan is the IPv4-only plan of the same size, address for address.
 """
 
 from __future__ import annotations
@@ -20,12 +32,15 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 
 POOL = "10.65.0.0/16"
+POOL6 = "fd00:10:65::/48"
 HOST_AS = 64512
 CORE_AS = 65000
 TOR_AS_BASE = 65100                 # ToR of rack r: AS 65100 + r
 MGMT_NET = ipaddress.ip_network("172.31.0.0/16")
 UPLINK_NET = ipaddress.ip_network("172.16.0.0/16")
 RACK_NET = ipaddress.ip_network("172.20.0.0/16")
+UPLINK_NET6 = ipaddress.ip_network("fd00:172:16::/48")
+RACK_NET6 = ipaddress.ip_network("fd00:172:20::/48")
 ETCD_PORT = 2379
 MGMT_BRIDGE = "br-mgmt"
 
@@ -34,6 +49,9 @@ MGMT_BRIDGE = "br-mgmt"
 GROUPS = ("web", "db")
 EXPORT = {"group": "db", "to_group": "web", "selector": 'role == "primary"',
           "protocol": "icmp"}
+# The same export for IPv6 in a dual-stack lab: a rule with protocol icmp is an IPv4 rule
+# (docs/policy.md), so ping over IPv6 needs its own, with icmpv6.
+EXPORT6 = {**EXPORT, "protocol": "icmpv6"}
 
 LIMITS = {"racks": 50, "hosts_per_rack": 50, "workloads_per_host": 50}
 
@@ -74,6 +92,8 @@ class Link:
     b: str
     b_if: str
     b_addr: str
+    a_addr6: str | None = None      # dual-stack only: the IPv6 addresses/prefix length
+    b_addr6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,8 @@ class Host:
     tor_ip: str                     # the ToR's end of that link: its only BGP peer
     tor_as: int
     mgmt_ip: str                    # address/prefix length on the management bridge
+    bgp_ip6: str | None = None      # dual-stack only: its IPv6 BGP address (ip_addr_v6)
+    tor_ip6: str | None = None      # and its ToR's (its IPv6 peer, peer_v6)
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,12 @@ class Plan:
     workloads: tuple[Workload, ...]
     uplinks: tuple[Link, ...]       # core <-> ToR
     rack_links: tuple[Link, ...]    # ToR <-> host
+    dual_stack: bool = False        # IPv6 beside IPv4 on every fabric link and workload
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The IP versions of the fabric: (4,), or (4, 6) when it is dual-stack."""
+        return (4, 6) if self.dual_stack else (4,)
 
     @property
     def etcd_ip(self) -> str:
@@ -132,7 +160,21 @@ class Plan:
         return [w for w in self.workloads if w.host == host]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The plan as the state file records it.  An IPv4-only plan leaves out the IPv6
+        fields, so its record is what it always was."""
+        data = asdict(self)
+        if not self.dual_stack:
+            del data["dual_stack"]
+            for key, fields in (("uplinks", _V6_LINK), ("rack_links", _V6_LINK),
+                                ("hosts", _V6_HOST)):
+                for item in data[key]:
+                    for name in fields:
+                        del item[name]
+        return data
+
+
+_V6_LINK = ("a_addr6", "b_addr6")
+_V6_HOST = ("bgp_ip6", "tor_ip6")
 
 
 def _p2p(net: ipaddress.IPv4Network, index: int) -> tuple[str, str]:
@@ -143,11 +185,20 @@ def _p2p(net: ipaddress.IPv4Network, index: int) -> tuple[str, str]:
     return f"{link[1]}/30", f"{link[2]}/30"
 
 
+def _p2p6(net: ipaddress.IPv6Network, index: int) -> tuple[str, str]:
+    """The two IPv6 addresses (with /64) of the index-th (1-based) link: the index-th /64
+    of ``net``, ::1 and ::2."""
+    link = ipaddress.ip_network((int(net.network_address) + (index << 64), 64))
+    if not link.subnet_of(net):
+        raise PlanError(f"the lab has more links than {net} holds")
+    return f"{link[1]}/64", f"{link[2]}/64"
+
+
 def _ip(cidr: str) -> str:
     return cidr.split("/")[0]
 
 
-def plan(size: Size, lab_id: str) -> Plan:
+def plan(size: Size, lab_id: str, dual_stack: bool = False) -> Plan:
     size.check()
     first_core, _ = _p2p(UPLINK_NET, 1)
     core = Switch("core", CORE_AS, _ip(first_core))
@@ -155,21 +206,27 @@ def plan(size: Size, lab_id: str) -> Plan:
     index = 0
     for r in range(1, size.racks + 1):
         core_addr, tor_addr = _p2p(UPLINK_NET, r)
+        core6, tor6 = _p2p6(UPLINK_NET6, r) if dual_stack else (None, None)
         tor = Switch(f"tor{r}", TOR_AS_BASE + r, _ip(tor_addr), rack=r)
         tors.append(tor)
-        uplinks.append(Link(core.name, tor.name, core_addr, tor.name, "core", tor_addr))
+        uplinks.append(Link(core.name, tor.name, core_addr, tor.name, "core", tor_addr,
+                            core6, tor6))
         for _ in range(size.hosts_per_rack):
             index += 1
             name = f"host{index}"
             tor_side, host_side = _p2p(RACK_NET, index)
-            rack_links.append(Link(tor.name, name, tor_side, name, tor.name, host_side))
+            tor_side6, host_side6 = _p2p6(RACK_NET6, index) if dual_stack else (None, None)
+            rack_links.append(Link(tor.name, name, tor_side, name, tor.name, host_side,
+                                   tor_side6, host_side6))
             hosts.append(Host(name, index, r, tor.name, _ip(host_side), _ip(tor_side),
-                              tor.as_num, f"{MGMT_NET[9 + index]}/{MGMT_NET.prefixlen}"))
+                              tor.as_num, f"{MGMT_NET[9 + index]}/{MGMT_NET.prefixlen}",
+                              bgp_ip6=host_side6 and _ip(host_side6),
+                              tor_ip6=tor_side6 and _ip(tor_side6)))
             for k in range(1, size.workloads_per_host + 1):
                 workloads.append(_workload(index, k, first_in_rack=(index - 1)
                                            % size.hosts_per_rack == 0))
     return Plan(lab_id, size, core, tuple(tors), tuple(hosts), tuple(workloads),
-                tuple(uplinks), tuple(rack_links))
+                tuple(uplinks), tuple(rack_links), dual_stack)
 
 
 def _workload(host_index: int, k: int, first_in_rack: bool) -> Workload:
@@ -183,9 +240,10 @@ def _workload(host_index: int, k: int, first_in_rack: bool) -> Workload:
 
 
 def from_json(data: dict) -> Plan:
-    """The plan back from the state file."""
+    """The plan back from the state file (an IPv4-only record has no IPv6 fields)."""
     return Plan(data["lab_id"], Size(**data["size"]), Switch(**data["core"]),
                 tuple(Switch(**t) for t in data["tors"]), tuple(Host(**h) for h in data["hosts"]),
                 tuple(Workload(**w) for w in data["workloads"]),
                 tuple(Link(**x) for x in data["uplinks"]),
-                tuple(Link(**x) for x in data["rack_links"]))
+                tuple(Link(**x) for x in data["rack_links"]),
+                bool(data.get("dual_stack", False)))

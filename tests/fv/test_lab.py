@@ -2,7 +2,9 @@
 
 Each test points FELIX_LAB_DIR and FELIX_STATE_DIR at its own temporary directory, so it
 never meets a lab (or an embedded etcd record) of the machine's user; the lab's namespace
-names carry its own id.  Whatever happens, the fixture takes the lab down.
+names carry its own id.  Whatever happens, the fixture takes the lab down.  The default
+lab is tested at its default size; the dual-stack one at 2 x 2 x 2, the smallest size
+with every policy case and traffic across the core.
 """
 
 import ipaddress
@@ -17,6 +19,7 @@ import tempfile
 import pytest
 
 from felix_py.lab.netns import Netns, existing, wait_for
+from felix_py.lab.plan import POOL6
 from felix_py.lab.state import LabState
 
 FELIXCTL = os.path.join(os.path.dirname(sys.executable), "felixctl")
@@ -144,6 +147,99 @@ def test_lab_default_size(lab):
     assert r.returncode == 0 and "nothing to remove" in r.stdout
     r = lab("lab", "status")
     assert r.returncode == 1 and "no lab is up" in r.stderr
+
+
+def test_dual_stack_lab(lab):
+    """`lab up --dual-stack` at 2 racks x 2 hosts x 2 workloads: the smallest lab with a
+    rack crossing the core and every policy case (web, db primary, db replica), in both
+    families."""
+    r = lab("lab", "up", "--dual-stack", "--workloads-per-host", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dual-stack" in r.stdout.splitlines()[0], r.stdout
+    steps = [ln for ln in r.stdout.splitlines() if ln.startswith("[")]
+    assert len(steps) == 7 and all(ln.endswith("s)") for ln in steps), r.stdout
+    state = lab.state()
+    assert state.phase == "up" and len(state.namespaces) == 1 + 1 + 2 + 4 + 8
+    assert state.plan["dual_stack"] is True         # what status, ping and down read
+    plan_hosts = {h["name"]: h for h in state.plan["hosts"]}
+
+    # Every workload has an address of each family from felix-cni's IPAM, in the pools.
+    eps = json.loads(lab("endpoint", "list", "-o", "json").stdout)
+    assert len(eps) == 8
+    addr4 = {e["metadata"]["workload"]: e["spec"]["ipv4_nets"][0].split("/")[0] for e in eps}
+    addr6 = {e["metadata"]["workload"]: e["spec"]["ipv6_nets"][0].split("/")[0] for e in eps}
+    host_of = {e["metadata"]["workload"]: e["metadata"]["host"] for e in eps}
+    assert all(len(e["spec"]["ipv4_nets"]) == len(e["spec"]["ipv6_nets"]) == 1 for e in eps)
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network(POOL6) for a in addr6.values())
+    r = lab("lab", "exec", "h3w2", "--", "ip", "-6", "-o", "addr", "show", "eth0")
+    assert r.returncode == 0 and f"{addr6['h3w2']}/128" in r.stdout, r.stdout + r.stderr
+
+    # Routes and sessions per family, from `lab status` and from the kernels.
+    r = lab("lab", "status", "-o", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    nodes = {n["node"]: n for n in json.loads(r.stdout)}
+    rack = {"host1": "tor1", "host2": "tor1", "host3": "tor2", "host4": "tor2"}
+    for h, tor in rack.items():
+        n, v6 = nodes[h], nodes[h]["ipv6"]
+        assert not n["problems"] and not v6["problems"], n
+        assert set(n["routes"]) == {f"{a}/32" for w, a in addr4.items() if host_of[w] == h}
+        assert set(v6["routes"]) == {f"{a}/128" for w, a in addr6.items() if host_of[w] == h}
+        assert len(v6["routes"]) == 2 and len(v6["blackholes"]) == 1, v6
+        assert all(b.endswith("/122") for b in v6["blackholes"]), v6
+        # One session per family, each with the ToR's address of that family.
+        assert n["bgp_sessions"] == {plan_hosts[h]["tor_ip"]: "established"}, n
+        assert v6["bgp_sessions"] == {plan_hosts[h]["tor_ip6"]: "established"}, v6
+        assert v6["default_via"], v6
+        kernel = Netns(n["netns"]).run("ip -6 route show proto 98").stdout
+        assert kernel.count(" dev cali") == 2 and "default via" in kernel, kernel
+        assert "blackhole" in kernel, kernel
+    for tor in ("tor1", "tor2"):
+        n, v6 = nodes[tor], nodes[tor]["ipv6"]
+        assert not n["problems"] and set(v6["routes"]) == set(v6["expected"]), n
+        inside = {w for w, a in addr6.items() for p in v6["routes"]
+                  if ipaddress.ip_address(a) in ipaddress.ip_network(p)}
+        assert inside == {w for w in addr6 if rack[host_of[w]] == tor}, v6    # its rack only
+        # Two hosts and the core, in each family.
+        assert len(n["bgp_sessions"]) == len(v6["bgp_sessions"]) == 3, n
+        assert set(v6["bgp_sessions"].values()) == {"Established"}, v6
+        assert not set(n["bgp_sessions"]) & set(v6["bgp_sessions"])
+    core, v6 = nodes["core"], nodes["core"]["ipv6"]
+    assert not core["problems"] and len(v6["bgp_sessions"]) == 2, core
+    assert set(v6["routes"]) == set(nodes["tor1"]["ipv6"]["routes"]) | \
+        set(nodes["tor2"]["ipv6"]["routes"])
+    # Block aggregation in IPv6 too: one /122 per host, no /128.
+    assert len(v6["routes"]) == 4 and all(p.endswith("/122") for p in v6["routes"]), v6
+    assert v6["default_via"] == [""]                # originated by the core
+    core_kernel = Netns(core["netns"]).run("ip -6 route show").stdout
+    assert all(p in core_kernel for p in v6["routes"]), core_kernel
+    r = lab("lab", "status")
+    assert "7 of 7 nodes as expected" in r.stdout, r.stdout
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] in
+            (["core"], ["tor"], ["host"])]
+    assert len(rows) == 14 and {row[3] for row in rows} == {"IPv4", "IPv6"}, r.stdout
+
+    # Both matrices as expected, the IPv6 one with the same expectations as the IPv4 one.
+    r = lab("lab", "ping")
+    assert r.returncode == 0, r.stdout + r.stderr
+    tail = r.stdout.rstrip().splitlines()[-3:]
+    assert tail == ["IPv4: 56 passed, 0 failed", "IPv6: 56 passed, 0 failed",
+                    "112 passed, 0 failed"], r.stdout
+    pairs = json.loads(lab("lab", "ping", "-o", "json").stdout)["pairs"]
+    by_family = {v: {(p["from"], p["to"]): p for p in pairs if p["family"] == v}
+                 for v in (4, 6)}
+    v4, v6 = by_family[4], by_family[6]
+    assert len(v4) == len(v6) == 56 and len(pairs) == 112
+    assert all(p["expected"] == p["observed"] for p in pairs)
+    assert {k: p["expected"] for k, p in v6.items()} == {k: p["expected"] for k, p in v4.items()}
+    assert v6[("h2w1", "h3w1")]["observed"]         # web <-> web, across racks (the core)
+    assert v6[("h4w1", "h1w2")]["observed"]         # web -> db primary: the icmpv6 export
+    assert not v6[("h1w1", "h2w2")]["observed"]     # web -> db replica
+    assert not v6[("h1w2", "h1w1")]["observed"]     # db -> web, same host
+    assert v6[("h2w2", "h3w2")]["observed"]         # db <-> db, across racks
+
+    r = lab("lab", "down")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_all_gone(lab, state)
 
 
 def _interrupt_when_agents_run(lab, sig):
