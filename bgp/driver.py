@@ -419,12 +419,12 @@ class ExaBgpDriver:
         by_family: dict[int, list[str]] = {}
         for peer, v in sorted(families.items()):
             by_family.setdefault(v, []).append(peer)
-        wanted = {p for p in desired if _version(p) in by_family}
+        wanted = {p for p in desired if ip_version(p) in by_family}
         withdraw, announce = s.sent - wanted, wanted - s.sent
         commands: list[tuple[str, set[str], bool]] = []
         for v, peers in by_family.items():
-            w = {p for p in withdraw if _version(p) == v}
-            a = {p for p in announce if _version(p) == v}
+            w = {p for p in withdraw if ip_version(p) == v}
+            a = {p for p in announce if ip_version(p) == v}
             commands += [(c, w, False) for c in api.withdraw_commands(w, peers)]
             commands += [(c, a, True) for c in api.announce_commands(a, peers)]
         if commands:
@@ -535,8 +535,9 @@ class ExaBgpDriver:
             log.exception("BGP event handler failed on %r", event)
 
 
-def _version(prefix: str) -> int:
-    return 6 if ":" in prefix else 4
+def ip_version(text: str) -> int:
+    """4 or 6: the family of an address or prefix written as text (only IPv6 has a ":")."""
+    return 6 if ":" in text else 4
 
 
 def _exit_text(code: int) -> str:

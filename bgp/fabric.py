@@ -89,10 +89,19 @@ class _Half:
     unpeered: list[str] = field(default_factory=list)         # RR: clients without ip_addr_v6
 
 
-def _env(template_dir: Path | None) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir or TEMPLATE_DIR)),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=False, lstrip_blocks=False, autoescape=False)
+def _render(template_dir: Path | None, template: str, **values) -> str:
+    """``template`` filled with ``values``; a template that fails (one of your own,
+    written for other variables, say) is a RenderError naming it."""
+    where = template_dir or TEMPLATE_DIR
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(where)),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=False, lstrip_blocks=False, autoescape=False)
+    try:
+        return env.get_template(template).render(**values)
+    except jinja2.TemplateError as e:
+        raise RenderError(f"template {where}/{template}: {e} (templates get: "
+                          f"{', '.join(sorted(values))}; see contrib/bird and docs/bgp.md)") \
+            from None
 
 
 def _symbol(prefix: str, text: str, taken: set[str]) -> str:
@@ -116,16 +125,15 @@ def _ip(value, what: str, version: int | None = None):
     return ip
 
 
-def _router_id(value, what: str = "router id") -> str:
-    """BIRD's router id is a 32-bit number written as an IPv4 address, IPv6 or not."""
+def check_router_id(value, what: str = "router id") -> str:
+    """BIRD's router id: a 32-bit number written as an IPv4 address, IPv6 switches or not."""
     try:
-        ip = ipaddress.ip_address(value)
+        return str(ipaddress.IPv4Address(value))
     except ValueError:
-        raise RenderError(f"{what}: {value!r} is not an IP address") from None
-    if ip.version != 4:
-        raise RenderError(f"{what}: {value} is not IPv4 (a BIRD router id is a 32-bit id "
-                          "written as an IPv4 address, on IPv6 switches too)")
-    return str(ip)
+        raise RenderError(f"{what} {value!r} is not an IPv4 address: a BIRD router id is a "
+                          "32-bit id written as one, on IPv6-only switches too; give e.g. the "
+                          "switch's loopback IPv4 address, or any unique id such as "
+                          "10.255.0.1") from None
 
 
 def neighbor_ip(value, what: str):
@@ -276,7 +284,7 @@ def render_tor(bgp: BgpSettings, pools: Iterable[str], *, name: str, router_id: 
     IPv4 half unless it has IPv6 ones only.
     """
     _timers(hold_time, graceful_restart)
-    router_id = _router_id(router_id)
+    router_id = check_router_id(router_id)
     local_as = _as(local_as, "ToR AS")
     links = _links(addresses)
     pools = list(pools)
@@ -290,8 +298,15 @@ def render_tor(bgp: BgpSettings, pools: Iterable[str], *, name: str, router_id: 
         half.workload_nets = _workload_nets(pools, v)
     families = _families(halves, {i.version for i in links} | {v for v, h in halves.items()
                                                                if h.uplinks})
-    return _env(template_dir).get_template("tor.conf.j2").render(
-        name=name, router_id=router_id, local_as=local_as, families=families,
+    for half in families:
+        if not half.workload_nets:
+            v = half.family.version
+            raise RenderError(f"the ToR has IPv{v} sessions but the datastore has IP pools of "
+                              f"the other family only, so it would accept no IPv{v} workload "
+                              f"prefix from its hosts: add an IPv{v} pool (felixctl pool add) "
+                              f"or leave out the ToR's IPv{v} addresses and uplinks")
+    return _render(
+        template_dir, "tor.conf.j2", name=name, router_id=router_id, local_as=local_as, families=families,
         originate_default=originate_default, hold_time=hold_time,
         graceful_restart=graceful_restart, log_file=log_file)
 
@@ -304,19 +319,18 @@ def _families(halves: dict[int, _Half], versions: set[int]) -> list[_Half]:
 def _workload_nets(pools: Iterable[str], version: int = 4) -> list[str]:
     """The pools of one family as a BIRD prefix set: each pool's prefix at any length from
     its own to a host route (/32, /128), which takes in its IPAM blocks whatever their
-    size."""
-    nets = set()
+    size.  Without any pool, any prefix of the family but the default itself; with pools
+    of the other family only, nothing (empty: the caller refuses to render)."""
+    nets = []
     for p in pools:
         try:
-            net = ipaddress.ip_network(p)
+            nets.append(ipaddress.ip_network(p))
         except (ValueError, TypeError):
             raise RenderError(f"pool {p!r} is not a network (fix its key under "
                               "/calico/v1/ipam/)") from None
-        if net.version == version:
-            nets.add(net)
-    # Without pools, any prefix of the family but the default itself.
-    everything = "0.0.0.0/0{1,32}" if version == 4 else "::/0{1,128}"
-    return [f"{n}+" for n in sorted(nets)] or [everything]
+    if not nets:
+        return ["0.0.0.0/0{1,32}" if version == 4 else "::/0{1,128}"]
+    return [f"{n}+" for n in sorted({n for n in nets if n.version == version})]
 
 
 def render_core(*, name: str, router_id: str, local_as: int, tors: Iterable[tuple],
@@ -328,14 +342,14 @@ def render_core(*, name: str, router_id: str, local_as: int, tors: Iterable[tupl
     originates (and sends them) ``::/0``."""
     _timers(hold_time, graceful_restart)
     taken: set[str] = set()
-    router_id = _router_id(router_id)
+    router_id = check_router_id(router_id)
     local_as = _as(local_as, "core AS")
     halves = {v: _Half(f) for v, f in ((4, V4), (6, V6))}
     for v, ts in _uplinks(tors, "tor", taken).items():
         halves[v].neighbors = ts
     families = _families(halves, {v for v, h in halves.items() if h.neighbors})
-    return _env(template_dir).get_template("core.conf.j2").render(
-        name=name, router_id=router_id, local_as=local_as, families=families,
+    return _render(
+        template_dir, "core.conf.j2", name=name, router_id=router_id, local_as=local_as, families=families,
         originate_default=originate_default, hold_time=hold_time,
         graceful_restart=graceful_restart, log_file=log_file)
 
@@ -370,7 +384,7 @@ def render_route_reflector(bgp: BgpSettings, *, rr_ip: str, rr_ip_v6: str | None
                               "router id (BIRD's router id is a 32-bit id written as an IPv4 "
                               "address)")
         router_id = str(own[4])
-    router_id = _router_id(router_id)
+    router_id = check_router_id(router_id)
     local_as = _as(bgp.as_num or DEFAULT_AS, "global AS")
     reflectors = {_ip(o, f"route reflector key /calico/bgp/v1/rr_v*/{o}"): r
                   for o, r in sorted(bgp.route_reflectors.items())}
@@ -403,8 +417,8 @@ def render_route_reflector(bgp: BgpSettings, *, rr_ip: str, rr_ip_v6: str | None
                      f"{o} (cluster {r.cluster_id})")
             for o, r in reflectors.items() if o.version == v and o != addr]
         halves.append(half)
-    return _env(template_dir).get_template("route-reflector.conf.j2").render(
-        name=name or str(rr_addr), router_id=router_id, local_as=local_as, families=halves,
+    return _render(
+        template_dir, "route-reflector.conf.j2", name=name or str(rr_addr), router_id=router_id, local_as=local_as, families=halves,
         hold_time=hold_time, graceful_restart=graceful_restart, log_file=log_file)
 
 

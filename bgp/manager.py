@@ -44,7 +44,7 @@ from typing import Callable
 
 from bgp import api
 from bgp.config import BgpPlan, resolve
-from bgp.driver import ExaBgpDriver, ProcessDown, ProcessUp
+from bgp.driver import ExaBgpDriver, ProcessDown, ProcessUp, ip_version
 from bgp.exabgp_config import ConfigRejected, Options, listen_addresses, render
 from bgp.rib import ERROR, ESTABLISHED, Rib
 from felix_py import model
@@ -100,11 +100,6 @@ def kernel_link_to(peer: str) -> str | None:
         return None
     finally:
         nl.close()
-
-
-def _family(address: str) -> int:
-    """4 or 6: the family of an address or prefix (validated text; only IPv6 has a ":")."""
-    return 6 if ":" in address else 4
 
 
 def _iso(ts: float | None) -> str | None:
@@ -492,14 +487,14 @@ class BgpManager:
         # family: a peer is sent the announced prefixes of its family, not all of them.
         sent = {4: 0, 6: 0}
         for prefix in self.driver.announced:
-            sent[_family(prefix)] += 1
+            sent[ip_version(prefix)] += 1
         versions = {p.ip: p.version for p in self.plan.peers}
         for ip, p in self.rib.peers.items():
             received, accepted = self.rib.counts(ip) if p.state != ERROR else (0, 0)
             out[ip] = model.BgpPeerStatus(
                 peer_type=p.peer_type, state=p.state, since=_iso(p.since),
                 received=received, accepted=accepted,
-                sent=sent[versions.get(ip) or _family(ip)] if p.state == ESTABLISHED else 0,
+                sent=sent[versions.get(ip) or ip_version(ip)] if p.state == ESTABLISHED else 0,
                 # A peer that is not up because ExaBGP itself cannot run says why.
                 info=p.info or (self.driver.last_error if p.state != ESTABLISHED else None))
         return out

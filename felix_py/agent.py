@@ -359,10 +359,10 @@ class Agent:
             self.metrics.endpoints.labels(state).set(n)
         self._endpoint_counts = counts
         # Settings the agent cannot follow, for the heartbeat (felixctl node status).
-        problems = [p for m in self.managers
-                    for p in (getattr(m, "host_problems", None) or list)()]
+        host_problems = [p for m in self.managers
+                         for p in (getattr(m, "host_problems", None) or list)()]
         self.status.publish(statuses, first_update=self.health.applied,
-                            ready=self.health.ready, problems=problems)
+                            ready=self.health.ready, problems=host_problems)
         self._snapshot_status()
 
     def _snapshot_status(self) -> None:

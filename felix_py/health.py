@@ -101,7 +101,9 @@ class Health:
 # Fields of /status that Health keeps current; a snapshot does not override them.
 _LIVE_FIELDS = frozenset({"host", "version", "uptime_secs", "live", "in_sync", "ready",
                           "snapshot_age_secs"})
-_status_failed: set[str] = set()       # managers whose status() raised, logged once each
+# Managers whose status() is failing: logged when it starts failing, again after it has
+# worked in between.
+_status_failed: set[str] = set()
 
 
 def status_snapshot(endpoints: dict[str, int], last_apply_secs: float | None,
@@ -118,6 +120,7 @@ def status_snapshot(endpoints: dict[str, int], last_apply_secs: float | None,
             continue
         try:
             by_manager[m.name] = fn()
+            _status_failed.discard(m.name)
         except Exception as e:
             if m.name not in _status_failed:
                 _status_failed.add(m.name)

@@ -391,17 +391,14 @@ def _neighbors(items, flag: str) -> list[tuple]:
     return out
 
 
-def _router_id(value: str | None, what: str = "--router-id") -> str | None:
-    """BIRD's router id: a 32-bit id written as an IPv4 address, IPv6 switches included."""
+def _router_id(value: str | None) -> str | None:
+    """``--router-id``, checked before the datastore is read (the renderer's own rule)."""
     if value is None:
         return None
     try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise CtlError(f"{what} {value!r} is not an IPv4 address: a BIRD router id is a "
-                       "32-bit id written as one, on IPv6-only switches too; give e.g. the "
-                       "switch's loopback IPv4 address, or any unique id such as "
-                       "10.255.0.1") from None
+        return fabric.check_router_id(value, "--router-id")
+    except fabric.RenderError as e:
+        raise CtlError(str(e)) from None
 
 
 def _timers(ctx: Ctx) -> dict:

@@ -48,7 +48,7 @@ from felix_py.datastore.registration import Registry
 from felix_py.lab import observe
 from felix_py.lab.netns import Netns, existing, veth
 from felix_py.lab.plan import (EXPORT, EXPORT6, GROUPS, HOST_AS, MGMT_BRIDGE, MGMT_NET, POOL,
-                               POOL6, Plan)
+                               POOL6, Plan, address_of)
 from felix_py.lab.processes import AgentProcess
 from felix_py.lab.state import LabState
 from policy import groups
@@ -204,14 +204,15 @@ class Builder:
         confs = {p.core.name: bird_conf.render_core(
             name=p.core.name, router_id=p.core.router_id, local_as=p.core.as_num,
             tors=[(ip, t.as_num) for link, t in zip(p.uplinks, p.tors)
-                  for ip in _ips(link.b_addr, link.b_addr6)],
+                  for ip in map(address_of, filter(None, (link.b_addr, link.b_addr6)))],
             log_file=observe.bird_log(self.workdir, p.core.name))}
         for link, t in zip(p.uplinks, p.tors):
             confs[t.name] = bird_conf.render_tor(
                 bgp, pools, name=t.name, router_id=t.router_id, local_as=t.as_num,
                 addresses=[a for x in p.rack_links if x.a == t.name
                            for a in (x.a_addr, x.a_addr6) if a],
-                uplinks=[(ip, p.core.as_num) for ip in _ips(link.a_addr, link.a_addr6)],
+                uplinks=[(ip, p.core.as_num) for ip in
+                         map(address_of, filter(None, (link.a_addr, link.a_addr6)))],
                 log_file=observe.bird_log(self.workdir, t.name))
         for name, conf in confs.items():
             bird = Bird(self.ns[name], name, self.workdir)
@@ -294,11 +295,6 @@ class Builder:
         if down:
             out.append(f"endpoint(s) not up yet: {', '.join(down)}")
         return out
-
-
-def _ips(*cidrs: str | None) -> list[str]:
-    """The addresses (without prefix length) of those of ``cidrs`` that are set."""
-    return [c.split("/")[0] for c in cidrs if c]
 
 
 def build(plan: Plan, state: LabState, say: Say, timeout: float = 90) -> None:

@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from bgp.driver import ip_version
 from bgp.lab import Bird
 from felix_py import config as config_mod
 from felix_py import model
@@ -239,7 +240,7 @@ def report(plan: Plan, view: View, workdir: str) -> list[NodeReport]:
         families = {v: FamilyReport(v, got[v].workloads, want[v].host_workloads[h.name],
                                     sorted(got[v].default_via),
                                     {ip: getattr(st, "state", "invalid")
-                                     for ip, st in peers.items() if _version(ip) == v},
+                                     for ip, st in peers.items() if ip_version(ip) == v},
                                     got[v].blackholes)
                     for v in versions}
         n = NodeReport("host", h.name, plan.netns(h.name),
@@ -267,13 +268,6 @@ def report(plan: Plan, view: View, workdir: str) -> list[NodeReport]:
             elif peers:
                 n.problem(f"BGP session(s) not established: {', '.join(sorted(peers))}", v)
     return out
-
-
-def _version(ip: str) -> int:
-    try:
-        return ipaddress.ip_address(ip).version
-    except ValueError:
-        return 4
 
 
 _PROTOCOL_RE = re.compile(r"^(\S+)\s+BGP\s")

@@ -194,20 +194,21 @@ def _p2p6(net: ipaddress.IPv6Network, index: int) -> tuple[str, str]:
     return f"{link[1]}/64", f"{link[2]}/64"
 
 
-def _ip(cidr: str) -> str:
+def address_of(cidr: str) -> str:
+    """"10.0.0.1/30" -> "10.0.0.1"."""
     return cidr.split("/")[0]
 
 
 def plan(size: Size, lab_id: str, dual_stack: bool = False) -> Plan:
     size.check()
     first_core, _ = _p2p(UPLINK_NET, 1)
-    core = Switch("core", CORE_AS, _ip(first_core))
+    core = Switch("core", CORE_AS, address_of(first_core))
     tors, hosts, workloads, uplinks, rack_links = [], [], [], [], []
     index = 0
     for r in range(1, size.racks + 1):
         core_addr, tor_addr = _p2p(UPLINK_NET, r)
         core6, tor6 = _p2p6(UPLINK_NET6, r) if dual_stack else (None, None)
-        tor = Switch(f"tor{r}", TOR_AS_BASE + r, _ip(tor_addr), rack=r)
+        tor = Switch(f"tor{r}", TOR_AS_BASE + r, address_of(tor_addr), rack=r)
         tors.append(tor)
         uplinks.append(Link(core.name, tor.name, core_addr, tor.name, "core", tor_addr,
                             core6, tor6))
@@ -218,10 +219,10 @@ def plan(size: Size, lab_id: str, dual_stack: bool = False) -> Plan:
             tor_side6, host_side6 = _p2p6(RACK_NET6, index) if dual_stack else (None, None)
             rack_links.append(Link(tor.name, name, tor_side, name, tor.name, host_side,
                                    tor_side6, host_side6))
-            hosts.append(Host(name, index, r, tor.name, _ip(host_side), _ip(tor_side),
+            hosts.append(Host(name, index, r, tor.name, address_of(host_side), address_of(tor_side),
                               tor.as_num, f"{MGMT_NET[9 + index]}/{MGMT_NET.prefixlen}",
-                              bgp_ip6=host_side6 and _ip(host_side6),
-                              tor_ip6=tor_side6 and _ip(tor_side6)))
+                              bgp_ip6=host_side6 and address_of(host_side6),
+                              tor_ip6=tor_side6 and address_of(tor_side6)))
             for k in range(1, size.workloads_per_host + 1):
                 workloads.append(_workload(index, k, first_in_rack=(index - 1)
                                            % size.hosts_per_rack == 0))

@@ -199,12 +199,15 @@ def test_adding_ipv6_leaves_the_ipv4_configuration_as_it_was(tmp_path):
 def test_ipv6_only_tor_without_ipv6_pools(tmp_path):
     b = settings6()
     b.host_ip_v4 = {}
-    text = fabric.render_tor(b, ["10.65.0.0/16"], **TOR1, addresses=["fd10:1::1/64"],
+    # IPv4 pools only: no IPv6 workload prefix could be accepted; refused, naming the fix.
+    with pytest.raises(fabric.RenderError, match="IPv6 sessions .* add an IPv6 pool"):
+        fabric.render_tor(b, ["10.65.0.0/16"], **TOR1, addresses=["fd10:1::1/64"])
+    text = fabric.render_tor(b, [], **TOR1, addresses=["fd10:1::1/64"],
                              originate_default=True)
     ok, err = bird_accepts(tmp_path, text)
     assert ok, err
     assert "ipv4" not in text and "0.0.0.0" not in text and "WORKLOAD_NETS " not in text
-    # No IPv6 pool: any IPv6 prefix but the default, as the IPv4 side does without pools.
+    # No pool at all: any IPv6 prefix but the default, as the IPv4 side does without pools.
     assert "define WORKLOAD_NETS6 = [ ::/0{1,128} ];" in text
     assert "protocol static default_route6 {\n    ipv6;\n    route ::/0 blackhole;\n}" in text
     assert bgp_protocols(text) == ["host6_h1", "rack6_fd10_1___64"]
@@ -280,7 +283,7 @@ def test_invalid_ipv6_settings_are_errors_naming_what_to_fix():
         tor(uplinks=[("fd00::zz", 65000)])
     with pytest.raises(fabric.RenderError, match="uplink fd00::1: AS 0 is out of range"):
         tor(uplinks=[("fd00::1", 0)])
-    with pytest.raises(fabric.RenderError, match="router id: fd10:1::1 is not IPv4"):
+    with pytest.raises(fabric.RenderError, match="router id 'fd10:1::1' is not an IPv4 address"):
         tor(router_id="fd10:1::1")
     with pytest.raises(fabric.RenderError, match=r"pool 'fd00:10:65::/480'"):
         tor(pools=["fd00:10:65::/480"])
@@ -308,3 +311,12 @@ def test_invalid_ipv6_settings_are_errors_naming_what_to_fix():
     b.host_as_num["h1"] = 65001
     with pytest.raises(fabric.RenderError, match="one AS"):
         fabric.render_route_reflector(b, rr_ip="fd00:3::1", router_id="10.3.0.1")
+
+
+def test_a_template_of_your_own_that_fails_is_an_error_naming_it(tmp_path):
+    # Written for the variables of before IPv6 (a "tors" list at the top level).
+    (tmp_path / "core.conf.j2").write_text("{% for t in tors %}{{ t }}{% endfor %}\n")
+    with pytest.raises(fabric.RenderError, match=r"core\.conf\.j2: 'tors' is undefined.*"
+                                                 r"templates get: .*families"):
+        fabric.render_core(name="core", router_id="10.0.0.1", local_as=65000,
+                           tors=[("10.0.1.2", 65101)], template_dir=tmp_path)
