@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from ctlkit import Ctl
 
 from bgp.lab import Bird
 from felix_py.datastore.client import EtcdClient
@@ -135,3 +136,10 @@ def birds(tmp_path):
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture
+def ctl(client, etcd, prefix):
+    """felixctl against the test etcd under the test's own prefix, cleaned up after."""
+    yield Ctl(client, etcd.endpoint, prefix)
+    client.delete_prefix(prefix + "/")

@@ -9,16 +9,10 @@ opened) is tested in tests/unit/test_ctl_neighbors.py, which needs neither root 
 import subprocess
 
 import pytest
-from ctlkit import Ctl
+from birdtext import block
 
 from bgp import fabric
 from felix_py.datastore.keys import KeyLayout
-
-
-@pytest.fixture
-def ctl(client, etcd, prefix):
-    yield Ctl(client, etcd.endpoint, prefix)
-    client.delete_prefix(prefix + "/")
 
 
 @pytest.fixture
@@ -48,16 +42,6 @@ def bird_parses(tmp_path, text, name="bird.conf"):
     path.write_text(text)
     r = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, f"BIRD refuses {name}: {r.stderr}\n{text}"
-
-
-def block(text, head):
-    """The body of the block that starts with the line ``head {`` (without its braces)."""
-    start = text.index(head + " {\n") + len(head) + 3
-    depth, i = 1, start
-    while depth:
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        i += 1
-    return text[start:i - 1]
 
 
 def sessions(text):

@@ -4,13 +4,6 @@ writes, what it prints, and that every refused command leaves the datastore unch
 import json
 
 import pytest
-from ctlkit import Ctl
-
-
-@pytest.fixture
-def ctl(client, etcd, prefix):
-    yield Ctl(client, etcd.endpoint, prefix)
-    client.delete_prefix(prefix + "/")
 
 
 EP1 = "v1/host/h1/workload/cli/wl1/endpoint/eth0"

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import yaml
-from ctlkit import Ctl
 
 CLUSTER = """\
 apiVersion: felix-py/v1
@@ -65,12 +64,6 @@ kind: config
 metadata: {host: h1}
 spec: {ReportingTtlSecs: 30}
 """
-
-
-@pytest.fixture
-def ctl(client, etcd, prefix):
-    yield Ctl(client, etcd.endpoint, prefix)
-    client.delete_prefix(prefix + "/")
 
 
 @pytest.fixture

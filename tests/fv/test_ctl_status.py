@@ -9,19 +9,12 @@ import tarfile
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ctlkit import Ctl
 
 from felix_py.datastore.embedded import free_port
 from felix_py.lab.netns import wait_for
 
 H = "ctl-host"
 FELIXCTL = os.path.join(os.path.dirname(sys.executable), "felixctl")
-
-
-@pytest.fixture
-def ctl(client, etcd, prefix):
-    yield Ctl(client, etcd.endpoint, prefix)
-    client.delete_prefix(prefix + "/")
 
 
 def _stamp(ago: float = 0) -> str:

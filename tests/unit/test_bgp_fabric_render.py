@@ -4,6 +4,7 @@ import shutil
 import subprocess
 
 import pytest
+from birdtext import block
 
 from bgp import fabric
 from felix_py import model
@@ -86,16 +87,6 @@ def test_settings_bird_would_refuse_are_errors_naming_what_to_fix():
 
 
 # -- IPv6 --------------------------------------------------------------------------------
-
-def block(text, head):
-    """The body of the block that starts with the line ``head {`` (without its braces)."""
-    start = text.index(head + " {\n") + len(head) + 3
-    depth, i = 1, start
-    while depth:
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        i += 1
-    return text[start:i - 1]
-
 
 def channels(text, protocol):
     """The channels of a BGP protocol, its template's included."""

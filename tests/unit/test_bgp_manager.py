@@ -403,7 +403,9 @@ def test_run_directories_of_dead_agents_are_removed_and_no_other(tmp_path):
         alive.wait()
 
 
-def test_an_endpoint_taking_a_learned_prefix_filters_it_out_without_reconfiguring(tmp_path):
+def learning_from_a_reflector(tmp_path):
+    """(manager, ctx, posted, store) of a host in route-reflector mode that has learned
+    10.65.0.9/32 from its reflector."""
     m, ctx, posted = make(tmp_path)
     s = store_with([])
     s.bgp.mode = "route-reflector"
@@ -411,17 +413,28 @@ def test_an_endpoint_taking_a_learned_prefix_filters_it_out_without_reconfigurin
     s.bgp.route_reflectors = {"10.1.0.250": model.RouteReflector(ip="10.1.0.250",
                                                                  cluster_id="1.0.0.1")}
     turn(m, posted, s)
-    d = m.driver
-    d.on_event(api.PeerState("10.1.0.250", "up", "10.1.0.11"))
-    d.on_event(api.RouteUpdate("10.1.0.250", {"10.65.0.9/32": "10.1.0.12"}))
+    m.driver.on_event(api.PeerState("10.1.0.250", "up", "10.1.0.11"))
+    m.driver.on_event(api.RouteUpdate("10.1.0.250", {"10.65.0.9/32": "10.1.0.12"}))
     turn(m, posted)
+    return m, ctx, posted, s
+
+
+def move_here(s):
+    """The workload at 10.65.0.9 moves to this host: its endpoint id."""
+    eid = EndpointId("h1", "k8s", "moved", "eth0")
+    s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(name="calim",
+                                                               ipv4_nets=["10.65.0.9/32"])
+    return eid
+
+
+def test_an_endpoint_taking_a_learned_prefix_filters_it_out_without_reconfiguring(tmp_path):
+    m, ctx, posted, s = learning_from_a_reflector(tmp_path)
+    d = m.driver
     assert "10.65.0.9/32" in ctx.routes.sources["bgp"]
     configures = d.configures
 
     # The workload moves here: its prefix is ours now, and is no longer imported.
-    eid = EndpointId("h1", "k8s", "moved", "eth0")
-    s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(name="calim",
-                                                               ipv4_nets=["10.65.0.9/32"])
+    eid = move_here(s)
     turn(m, posted, s, Changes(endpoints={eid}))
     assert "10.65.0.9/32" not in ctx.routes.sources["bgp"]
     assert d.configures == configures            # ExaBGP's configuration left alone
@@ -447,19 +460,8 @@ def test_own_prefixes_are_filtered_out_while_ours_and_imported_again_after(tmp_p
     """The import filter follows this host's own prefixes batch by batch (the RIB compares
     them): a learned prefix an endpoint here takes is dropped, and comes back when the
     endpoint goes; a batch that changes none of them pushes nothing new."""
-    m, ctx, posted = make(tmp_path)
-    s = store_with([])
-    s.bgp.mode = "route-reflector"
-    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
-    s.bgp.route_reflectors = {"10.1.0.250": model.RouteReflector(ip="10.1.0.250",
-                                                                 cluster_id="1.0.0.1")}
-    turn(m, posted, s)
-    m.driver.on_event(api.PeerState("10.1.0.250", "up", "10.1.0.11"))
-    m.driver.on_event(api.RouteUpdate("10.1.0.250", {"10.65.0.9/32": "10.1.0.12"}))
-    turn(m, posted)
-    eid = EndpointId("h1", "k8s", "moved", "eth0")
-    s.local_endpoints[eid] = s.endpoints[eid] = model.Endpoint(name="calim",
-                                                               ipv4_nets=["10.65.0.9/32"])
+    m, ctx, posted, s = learning_from_a_reflector(tmp_path)
+    eid = move_here(s)
     turn(m, posted, s, Changes(endpoints={eid}))
     assert "10.65.0.9/32" not in ctx.routes.sources["bgp"]
     ctx.routes.sources.clear()
