@@ -1,6 +1,7 @@
 """FV fixtures: a real embedded etcd, namespaces that are always removed, the agent."""
 
 import os
+from contextlib import contextmanager
 
 import pytest
 from ctlkit import Ctl
@@ -78,21 +79,31 @@ def workload_factory(netns_factory):
     return make
 
 
+@contextmanager
+def _stopping(start):
+    """A factory calling ``start``; whatever it started is stopped on leaving (a process
+    with a ``stop()``: agents, BIRD)."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(start(*args, **kwargs))
+        return made[-1]
+    try:
+        yield make
+    finally:
+        for x in made:
+            x.stop()
+
+
 @pytest.fixture
 def agent_factory(etcd, prefix, tmp_path):
     """make(ns, hostname, cls=AgentProcess, **env) -> a started agent; all are stopped
     after the test."""
-    made = []
-
-    def make(ns, hostname, cls=AgentProcess, **env):
-        a = cls(ns, hostname, etcd.unix_endpoint, prefix,
-                str(tmp_path / f"agent-{hostname}.log"), env).start()
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        a.stop()
+    def start(ns, hostname, cls=AgentProcess, **env):
+        return cls(ns, hostname, etcd.unix_endpoint, prefix,
+                   str(tmp_path / f"agent-{hostname}.log"), env).start()
+    with _stopping(start) as make:
+        yield make
 
 
 @pytest.fixture
@@ -126,16 +137,8 @@ def open_profile(registry):
 @pytest.fixture
 def birds(tmp_path):
     """make(ns, name, conf) -> a started BIRD; all are stopped after the test."""
-    made = []
-
-    def make(ns, name, conf):
-        b = Bird(ns, name, str(tmp_path)).start(conf)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    with _stopping(lambda ns, name, conf: Bird(ns, name, str(tmp_path)).start(conf)) as make:
+        yield make
 
 
 @pytest.fixture
