@@ -1,8 +1,9 @@
 """BIRD switches in network namespaces, for the FV tests, the benchmarks and the lab.
 
 ``Bird(ns, name, workdir).start(conf)`` runs ``bird`` inside ``ns`` with its own
-configuration, control socket and pid file under ``workdir``; ``routes()`` and
-``protocols()`` read its state through ``birdc``; ``stop()`` ends it by its pid.
+configuration, control socket and pid file under ``workdir``; ``routes()``,
+``protocols()`` and ``sessions()`` read its state through ``birdc``; ``stop()`` ends it
+by its pid.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import re
 import signal
 import socket
 import subprocess
+from typing import NamedTuple
 
 from felix_py.lab.netns import Netns, NetnsError, wait_for
 
 _ROUTE_RE = re.compile(r"^(\S+/\d+)\s+(unicast|blackhole|unreachable|prohibit)")
 _VIA_RE = re.compile(r"^\s+via (\S+)")
+_CHANNEL_RE = re.compile(r"^\s+Channel ipv([46])\b")
 # BIRD's control protocol: "NNNN-text" and " text" go on, "NNNN text" ends a reply.
 _CODE_RE = re.compile(r"^(\d{4})([ -])")
 
@@ -32,6 +35,22 @@ def _birdc_line(line: str) -> str | None:
     if m:
         return None if m.group(1) == "0000" else line[5:] + "\n"
     return f"??? <{line}>\n" if line else None
+
+
+def _bgp_summary(line: str) -> tuple[str, str] | None:
+    """(name, BGP state) of a BGP protocol's summary line (``show protocols``, and the
+    first line of each protocol in ``show protocols all``); None for any other line."""
+    parts = line.split()
+    if len(parts) >= 4 and parts[1] == "BGP":
+        return parts[0], parts[-1] if parts[3] == "up" else parts[3]
+    return None
+
+
+class Session(NamedTuple):
+    """A BGP session of BIRD's: its state as ``protocols()`` gives it, and the IP version
+    of its channel (None: it has none)."""
+    state: str
+    version: int | None
 
 
 class Bird:
@@ -129,8 +148,27 @@ class Bird:
         """BGP protocol name -> its BGP state (Established, Active, Connect, ...)."""
         out = {}
         for line in self.birdc("show", "protocols").splitlines():
-            parts = line.split()
-            if len(parts) >= 4 and parts[1] == "BGP":
-                out[parts[0]] = parts[-1] if parts[3] == "up" else parts[3]
+            if summary := _bgp_summary(line):
+                name, state = summary
+                out[name] = state
+        return out
+
+    def sessions(self) -> dict[str, Session]:
+        """BGP protocol name -> its state and the IP version of its channel, from one
+        ``show protocols all``: a protocol's summary line (as in ``show protocols``) at the
+        left margin, its details indented below it.  A session with several channels gets
+        the version of the last (each session of ``bgp.fabric`` has one)."""
+        out: dict[str, Session] = {}
+        current = None
+        for line in self.birdc("show", "protocols", "all").splitlines():
+            if line and not line[0].isspace():      # a protocol's summary, or a heading
+                current = None
+                if summary := _bgp_summary(line):
+                    current, state = summary
+                    out[current] = Session(state, None)
+                continue
+            m = _CHANNEL_RE.match(line)
+            if m and current:
+                out[current] = out[current]._replace(version=int(m.group(1)))
         return out
 

@@ -54,6 +54,7 @@ from felix_py.datastore.keys import EndpointId, Kind, KeyLayout, KeyLayoutError
 from felix_py.dataplane.links import Links
 from felix_py.dataplane.manager import DataplaneError, DataplaneRefresh
 from felix_py.dataplane.netlink import Netlink, NetlinkError, Route
+from felix_py.procfs import start_time
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,9 @@ OWNER_FILE = "agent.pid"
 def owner_line() -> str:
     """The pid file's line for this agent: its pid, its PID namespace and (where /proc
     tells) its start time, which tells it from a later process given the same pid."""
-    start = _own_start_time()
-    return " ".join([str(os.getpid()), _pid_namespace(), *([start] if start else [])]) + "\n"
+    start = start_time(os.getpid())
+    return " ".join([str(os.getpid()), _pid_namespace(),
+                     *([str(start)] if start is not None else [])]) + "\n"
 
 
 def remove_stale_run_dirs(parent: str, proc: str = "/proc") -> list[str]:
@@ -164,27 +166,6 @@ def _pid_namespace() -> str:
         return "unknown"
 
 
-def _proc_stat(pid: int, proc: str = "/proc") -> tuple[str, str] | None:
-    """(state, start time) of a process, from fields 3 and 22 of /proc/<pid>/stat; None if
-    there is no such process (or no /proc)."""
-    try:
-        with open(f"{proc}/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # The command name, field 2, is in parentheses and may hold spaces and parentheses.
-    end = text.rfind(")")
-    fields = text[end + 1:].split()
-    if end < 0 or len(fields) < 20:
-        return None
-    return fields[0], fields[19]
-
-
-def _own_start_time(proc: str = "/proc") -> str | None:
-    stat = _proc_stat(os.getpid(), proc)
-    return stat[1] if stat else None
-
-
 def _alive(pid: int, start: str | None, proc: str = "/proc") -> bool:
     """Whether the agent that wrote ``pid`` (started at ``start``, if known) runs: not a
     zombie, nor another process that was given its pid later."""
@@ -197,8 +178,8 @@ def _alive(pid: int, start: str | None, proc: str = "/proc") -> bool:
         except PermissionError:
             return True
         return True
-    stat = _proc_stat(pid, proc)
-    return stat is not None and stat[0] != "Z" and stat[1] == start
+    now = start_time(pid, proc)
+    return now is not None and str(now) == start
 
 
 class BgpManager:
@@ -261,9 +242,8 @@ class BgpManager:
             self.rib.max_default_paths = self.ctx.config.bgp_max_default_routes
             self._dirty = True
         if changes.endpoints or changes.ipam or changes.bgp or self._first_apply:
-            blocks = owned_blocks(store)
-            self.blocks = frozenset(blocks)
-            self.own = frozenset(exported_prefixes(store, blocks))
+            self.blocks = frozenset(owned_blocks(store))
+            self.own = frozenset(exported_prefixes(store))
 
     def _peer_key_errors(self, store: Store) -> dict[str, str]:
         """Invalid peer keys that concern this host: reported as peers in state error."""
@@ -488,13 +468,12 @@ class BgpManager:
         sent = {4: 0, 6: 0}
         for prefix in self.driver.announced:
             sent[ip_version(prefix)] += 1
-        versions = {p.ip: p.version for p in self.plan.peers}
         for ip, p in self.rib.peers.items():
             received, accepted = self.rib.counts(ip) if p.state != ERROR else (0, 0)
             out[ip] = model.BgpPeerStatus(
                 peer_type=p.peer_type, state=p.state, since=_iso(p.since),
                 received=received, accepted=accepted,
-                sent=sent[versions.get(ip) or ip_version(ip)] if p.state == ESTABLISHED else 0,
+                sent=sent[ip_version(ip)] if p.state == ESTABLISHED else 0,
                 # A peer that is not up because ExaBGP itself cannot run says why.
                 info=p.info or (self.driver.last_error if p.state != ESTABLISHED else None))
         return out

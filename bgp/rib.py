@@ -68,6 +68,9 @@ class Rib:
         self.max_default_paths = max_default_paths
         self.link_of = link_of
         self._links: dict[str, str | None] = {}       # peer -> its interface, looked up
+        # The last kernel_routes met a link-local next hop (zoned with its peer's link, or
+        # left out for want of one): relink() has them recomputed.
+        self._link_local = False
         self.peers: dict[str, PeerSession] = {}
         self.own_prefixes: frozenset[str] = frozenset()
         self.own_addresses: frozenset[str] = frozenset()
@@ -195,9 +198,12 @@ class Rib:
         return accepts(self.policy, prefix, nexthop, self.own_prefixes, self.own_addresses)
 
     def relink(self) -> None:
-        """Look the peers' links up again at the next ``kernel_routes``."""
+        """Look the peers' links up again at the next ``kernel_routes``.  The routes are
+        recomputed only if the last ones met a link-local next hop: no other route
+        depends on a link."""
         self._links.clear()
-        self.changed = True
+        if self._link_local:
+            self.changed = True
 
     def kernel_routes(self) -> dict[str, tuple[str, ...]]:
         """prefix -> next hops, recomputed if anything changed."""
@@ -205,13 +211,16 @@ class Rib:
             return self.routes
         hops: dict[str, set[str]] = {}
         own = self.own_addresses | {p.local for p in self.peers.values() if p.local}
+        link_local = False
         for p in self.peers.values():
             for table in (p.stale, p.received):
                 for prefix, nh in table.items():
-                    if not _is_ip(nh) or not accepts(self.policy, prefix, nh,
-                                                     self.own_prefixes, own):
+                    ip = _ip(nh)
+                    if ip is None or not accepts(self.policy, prefix, nh,
+                                                 self.own_prefixes, own):
                         continue
-                    if ":" in nh and ipaddress.ip_address(nh).is_link_local:
+                    if ip.version == 6 and ip.is_link_local:
+                        link_local = True
                         if p.ip not in self._links:
                             self._links[p.ip] = self.link_of(p.ip)
                         zone = self._links[p.ip]
@@ -225,16 +234,16 @@ class Rib:
             if prefix in DEFAULTS:
                 ordered = ordered[:self.max_default_paths]
             routes[prefix] = ordered
-        self.routes, self.changed = routes, False
+        self.routes, self.changed, self._link_local = routes, False, link_local
         return routes
 
 
-def _is_ip(text: str) -> bool:
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``text`` writes; None if it is none."""
     try:
-        ipaddress.ip_address(text)
-        return True
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
+        return None
 
 
 def _ip_key(text: str) -> tuple[int, int, str]:

@@ -45,8 +45,8 @@ log = logging.getLogger("felix_py.agent")
 RESTART_SETTINGS = ("RouteProtocol", "HealthHost", "HealthPort", "ReportingTtlSecs",
                     "ReportingIntervalSecs", "InterfacePrefix", "BgpGracefulRestartSecs",
                     "DataplaneRefreshSecs")
-# /status is rebuilt at least this often, for what changes between batches (ExaBGP
-# acknowledging announcements): the loop turns at least once a second.
+# /status, when served, is rebuilt at least this often, for what changes between batches
+# (ExaBGP acknowledging announcements): the loop turns at least once a second.
 STATUS_REFRESH_SECS = 1.0
 
 
@@ -66,32 +66,36 @@ class Context:
 @dataclass(frozen=True)
 class ApplyOrder:
     """The managers in the order they apply (``docs/design.md``, "On a fresh host, announce
-    before policy, behind a guard").
+    before policy, behind a guard"), in three groups: ``head`` ends with the policy guard,
+    ``rest`` is interfaces and policy, ``early`` routes and BGP's announcements.
 
-    ``managers`` is every batch's order.  ``fresh_host`` is the order of a fresh host's
-    first batch: the same up to the policy ``guard``, then routes and BGP's announcements
-    ahead of interfaces and policy.  Which of the two a first batch follows is known only
-    once the guard has applied, so ``batch`` decides there."""
-    managers: tuple
-    fresh_host: tuple
-    guard: PolicyGuard
+    ``managers`` (head, rest, early) is every batch's order.  ``fresh_host`` (head, early,
+    rest) is the order of a fresh host's first batch.  Which of the two a first batch follows
+    is known only once the guard has applied, so ``batch`` decides there."""
+    head: tuple
+    rest: tuple
+    early: tuple
 
-    def __post_init__(self):
-        # batch() goes on at the same place when it switches: the two orders must hold the
-        # same managers, identical up to the guard.
-        at = self.managers.index(self.guard) + 1
-        if (self.fresh_host[:at] != self.managers[:at]
-                or sorted(map(id, self.fresh_host)) != sorted(map(id, self.managers))):
-            raise ValueError("a fresh host's order must hold the same managers, the same "
-                             "up to the policy guard")
+    @property
+    def guard(self) -> PolicyGuard:
+        return self.head[-1]
+
+    @property
+    def managers(self) -> tuple:
+        return self.head + self.rest + self.early
+
+    @property
+    def fresh_host(self) -> tuple:
+        return self.head + self.early + self.rest
 
     def batch(self, first: bool) -> Iterator:
         """The managers of one batch, each yielded once the one before it has applied."""
-        order = self.managers
-        for i in range(len(order)):
-            yield order[i]
-            if first and order[i] is self.guard and self.guard.fresh_host:
-                order = self.fresh_host
+        yield from self.head
+        # Read only now, after the guard has applied.
+        if first and self.guard.fresh_host:
+            yield from self.early + self.rest
+        else:
+            yield from self.rest + self.early
 
 
 def build_managers(ctx: Context) -> ApplyOrder:
@@ -121,8 +125,7 @@ def build_managers(ctx: Context) -> ApplyOrder:
     early = (ctx.routes, bgp.announcer)
     head = (bgp, policy.guard)
     rest = (InterfaceManager(prefixes=ctx.config.interface_prefix), policy)
-    return ApplyOrder(managers=head + rest + early, fresh_host=head + early + rest,
-                      guard=policy.guard)
+    return ApplyOrder(head, rest, early)
 
 
 class Agent:
@@ -157,6 +160,7 @@ class Agent:
         self._last_apply: tuple[float, bool] | None = None      # (seconds, succeeded)
         self._endpoint_counts: dict[str, int] = {}              # as last published
         self._status_at = 0.0                                   # /status snapshot built
+        self._status_failing: set[str] = set()                  # managers' status() failing
         self._http = None
 
     def post(self, msg: object) -> None:
@@ -368,10 +372,13 @@ class Agent:
     def _snapshot_status(self) -> None:
         """/status: built here, in the thread that owns the managers, and handed to the
         HTTP threads whole (they never call into the managers).  Cheap: 0.2-0.3 ms with
-        10,000 local endpoints, against 15-30 ms for the rest of ``_publish_status``."""
+        10,000 local endpoints, against 15-30 ms for the rest of ``_publish_status``.
+        Not built at all when no health port is served: nobody could read it."""
+        if self._http is None:
+            return
         secs, ok = self._last_apply or (None, None)
         self.health.set_status(status_snapshot(self._endpoint_counts, secs, ok,
-                                               self.managers))
+                                               self.managers, self._status_failing))
         self._status_at = time.monotonic()
 
     def _shutdown(self) -> None:

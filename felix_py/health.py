@@ -6,9 +6,10 @@ state and each dataplane manager's ``status()``.  Serve it on loopback (the defa
 monitoring system needs it elsewhere.
 
 The server runs in its own threads and never calls into the managers, whose state only the
-main loop may touch: after each status publish the main loop builds a snapshot (plain,
-JSON-serialisable data, ``status_snapshot``) and hands it over (``Health.set_status``, one
-reference swapped); the handler serialises the latest one.
+main loop may touch: while the server runs, the main loop builds a snapshot (plain,
+JSON-serialisable data, ``status_snapshot``) after each status publish and at least once a
+second, and hands it over (``Health.set_status``, one reference swapped); the handler
+serialises the latest one.
 """
 
 from __future__ import annotations
@@ -86,33 +87,30 @@ class Health:
         and empty fields."""
         held = self._status
         now = time.monotonic()
-        out: dict = {"host": self.hostname, "version": __version__,
-                     "uptime_secs": round(now - self.started, 1), "live": self.live,
-                     "in_sync": self.datastore_in_sync, "ready": self.ready,
-                     "snapshot_age_secs": None, "endpoints": None, "last_apply_secs": None,
-                     "last_apply_ok": None, "managers": {}}
+        live = {"host": self.hostname, "version": __version__,
+                "uptime_secs": round(now - self.started, 1), "live": self.live,
+                "in_sync": self.datastore_in_sync, "ready": self.ready}
+        out: dict = {**live, "snapshot_age_secs": None, "endpoints": None,
+                     "last_apply_secs": None, "last_apply_ok": None, "managers": {}}
         if held is not None:
             at, snapshot = held
-            out.update({k: v for k, v in snapshot.items() if k not in _LIVE_FIELDS})
-            out["snapshot_age_secs"] = round(now - at, 3)
+            out.update(snapshot)
+            out.update(live, snapshot_age_secs=round(now - at, 3))     # these win
         return out
 
 
-# Fields of /status that Health keeps current; a snapshot does not override them.
-_LIVE_FIELDS = frozenset({"host", "version", "uptime_secs", "live", "in_sync", "ready",
-                          "snapshot_age_secs"})
-# Managers whose status() is failing: logged when it starts failing, again after it has
-# worked in between.
-_status_failed: set[str] = set()
-
-
 def status_snapshot(endpoints: dict[str, int], last_apply_secs: float | None,
-                    last_apply_ok: bool | None, managers: Iterable) -> dict:
+                    last_apply_ok: bool | None, managers: Iterable,
+                    failing: set[str]) -> dict:
     """The main loop's part of /status: the local endpoints by state (as
     ``felix_local_endpoints`` counts them), the last apply, and ``status()`` of every
     manager that has one, by the manager's ``name``.  Call it in the main loop only: it
     reads the managers' state.  A ``status()`` must return fresh plain data (dicts, lists,
-    str, numbers, bool, None) that the manager does not change afterwards."""
+    str, numbers, bool, None) that the manager does not change afterwards.
+
+    ``failing`` is the caller's set of the managers whose ``status()`` is failing, kept
+    from one call to the next and updated here: a failure is logged when it starts, again
+    only after that manager's ``status()`` has worked in between."""
     by_manager: dict[str, object] = {}
     for m in managers:
         fn = getattr(m, "status", None)
@@ -120,10 +118,10 @@ def status_snapshot(endpoints: dict[str, int], last_apply_secs: float | None,
             continue
         try:
             by_manager[m.name] = fn()
-            _status_failed.discard(m.name)
+            failing.discard(m.name)
         except Exception as e:
-            if m.name not in _status_failed:
-                _status_failed.add(m.name)
+            if m.name not in failing:
+                failing.add(m.name)
                 log.exception("%s: status() failed; /status shows the error", m.name)
             by_manager[m.name] = {"error": f"status() failed: {e!r}"}
     return {"endpoints": dict(endpoints),

@@ -235,6 +235,10 @@ class Endpoint(Record):
     def addresses(self) -> list[str]:
         return [n.split("/")[0] for n in (*self.ipv4_nets, *self.ipv6_nets)]
 
+    def nets(self, version: int) -> list[str]:
+        """Its networks of one IP version: ``ipv4_nets`` (4) or ``ipv6_nets`` (6)."""
+        return self.ipv4_nets if version == 4 else self.ipv6_nets
+
 
 # The endpoint fast path.  Endpoints are most of a snapshot, and nearly all are written in
 # one canonical form (IPv4 /32s, lower-case colon MACs, no IPv6, no legacy "profile_id").

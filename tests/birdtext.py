@@ -1,4 +1,7 @@
-"""Reading BIRD configuration text in tests (unit and FV alike)."""
+"""Reading BIRD configuration text in tests (unit and FV alike), and BIRD's own parser on
+it."""
+
+import subprocess
 
 
 def block(text, head):
@@ -9,3 +12,25 @@ def block(text, head):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         i += 1
     return text[start:i - 1]
+
+
+def sessions(text):
+    """{BGP protocol: (its body, its template's included; its channels)}, in the order of
+    the text."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("protocol bgp ") and line.endswith(" {"):
+            head = line[:-2]
+            body = block(text, head)
+            if " from " in head:
+                body += block(text, f"template bgp {head.split(' from ')[1]}")
+            out[head.split()[2]] = (body, [c for c in ("ipv4", "ipv6") if f"    {c} {{" in body])
+    return out
+
+
+def bird_parses(directory, text, name="bird.conf"):
+    """BIRD's parser (``bird -p``) accepts ``text``, written to ``directory``/``name``."""
+    path = directory / name
+    path.write_text(text)
+    r = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, f"BIRD refuses {name}: {r.stderr}\n{text}"

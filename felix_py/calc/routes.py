@@ -81,13 +81,12 @@ def blackhole_routes(store: Store) -> dict[str, Route]:
     return {cidr: Route(cidr, kind="blackhole") for cidr in owned_blocks(store)}
 
 
-def exported_prefixes(store: Store, owned: list[str] | None = None) -> set[str]:
-    """``owned``: ``owned_blocks(store)``, where the caller has it already.  Runs on every
-    batch that touches endpoints: addresses are compared as integers, since ``ipaddress``
-    objects for thousands of them cost tens of milliseconds, and each is looked up among
-    the blocks by bisection."""
-    blocks = [ipaddress.ip_network(c)
-              for c in (owned_blocks(store) if owned is None else owned)]
+def exported_prefixes(store: Store) -> set[str]:
+    """Runs on every batch that touches endpoints: the owned blocks come from the store's
+    index of them (``owned_blocks``), addresses are compared as integers, since
+    ``ipaddress`` objects for thousands of them cost tens of milliseconds, and each is
+    looked up among the blocks by bisection."""
+    blocks = [ipaddress.ip_network(c) for c in owned_blocks(store)]
     out = {str(b) for b in blocks}
     spans = {4: [], 6: []}          # family -> (first, last) address of each block
     for b in blocks:

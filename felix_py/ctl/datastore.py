@@ -22,6 +22,7 @@ from felix_py.ctl.common import CtlError
 from felix_py.ctl.output import emit, fields, output_option
 from felix_py.datastore import client as client_mod
 from felix_py.datastore.embedded import EmbeddedEtcd
+from felix_py.procfs import start_time
 
 DEFAULT_DATA_DIR = "/var/lib/felix-py/etcd"
 DEFAULT_PORT = 2379
@@ -45,11 +46,11 @@ def _is_ours(state: dict) -> bool:
     try:
         with open(f"/proc/{state['pid']}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        with open(f"/proc/{state['pid']}/stat", "rb") as f:
-            zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, KeyError, IndexError):
+    except (OSError, KeyError):
         return False
-    return not zombie and os.path.join(state["data_dir"], "data").encode() in argv
+    if start_time(state["pid"]) is None:
+        return False            # exited: a zombie its parent has not collected yet
+    return os.path.join(state["data_dir"], "data").encode() in argv
 
 
 def _healthy(endpoint: str) -> bool:

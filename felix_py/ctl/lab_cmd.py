@@ -25,7 +25,7 @@ from felix_py.datastore.client import DatastoreUnavailable, EtcdClient
 from felix_py.datastore.keys import KeyLayout
 from felix_py.lab import fabric, observe, ping as ping_mod
 from felix_py.lab.netns import existing, unique_name
-from felix_py.lab.plan import (EXPORT, EXPORT6, LIMITS, PlanError, Size, from_json,
+from felix_py.lab.plan import (EXPORT, EXPORTS, LIMITS, PlanError, Size, from_json,
                                plan as make_plan)
 from felix_py.lab.state import LabDirTooLong, LabExists, LabState
 
@@ -216,8 +216,8 @@ def ping():
                                                else ""), []).append(w.name)
         for group, names in members.items():
             click.echo(f"{group}: {' '.join(names)}")
-        protocols = (f"{EXPORT['protocol']} (IPv4) and {EXPORT6['protocol']} (IPv6)" if dual
-                     else EXPORT['protocol'])
+        protocols = " and ".join(EXPORTS[v]["protocol"] + (f" (IPv{v})" if dual else "")
+                                 for v in the_lab.plan.versions)
         click.echo(f"export: {EXPORT['group']} members with {EXPORT['selector']} answer "
                    f"{protocols} from {EXPORT['to_group']}; nothing else crosses "
                    "between the groups\n")

@@ -222,17 +222,15 @@ class InterfaceManager:
             except OSError as e:
                 errors[name] = f"cannot configure interface {name}: {e.strerror}"
                 continue
-            # An interface set up for IPv6 stays so, even when configured again for an
-            # IPv4-only endpoint (one set down as it lost its address, say): nothing here
-            # switches the IPv6 settings off, so they are still in place for this ifindex and
-            # the endpoint regaining an address needs no writes.
-            stays_ipv6 = (self._configured.get(name) == want.index
-                          and name in self._ipv6_configured)
-            self._configured[name] = want.index
-            if want.ipv6 or stays_ipv6:
-                self._ipv6_configured.add(name)
-            else:
+            # An interface set up for IPv6 stays so for the same ifindex, even when
+            # configured again for an IPv4-only endpoint (one set down as it lost its
+            # address, say): nothing here switches the IPv6 settings off, so they are still
+            # in place and the endpoint regaining an address needs no writes.
+            if self._configured.get(name) != want.index:
                 self._ipv6_configured.discard(name)
+            self._configured[name] = want.index
+            if want.ipv6:
+                self._ipv6_configured.add(name)
             self._failed.pop(name, None)
         self._failed.update(errors)
         if errors:

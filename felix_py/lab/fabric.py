@@ -47,8 +47,8 @@ from felix_py.datastore.keys import KeyLayout
 from felix_py.datastore.registration import Registry
 from felix_py.lab import observe
 from felix_py.lab.netns import Netns, existing, veth
-from felix_py.lab.plan import (EXPORT, EXPORT6, GROUPS, HOST_AS, MGMT_BRIDGE, MGMT_NET, POOL,
-                               POOL6, Plan, address_of)
+from felix_py.lab.plan import (EXPORTS, GROUPS, HOST_AS, MGMT_BRIDGE, MGMT_NET, POOL, POOL6,
+                               Plan, address_of)
 from felix_py.lab.processes import AgentProcess
 from felix_py.lab.state import LabState
 from policy import groups
@@ -165,7 +165,7 @@ class Builder:
                 reg.add_bgp_peer(h.tor_ip6, h.tor_as, host=h.name)
         for name in GROUPS:
             rules, tags = groups.new_group(name)
-            for export in (EXPORT, EXPORT6) if dual else (EXPORT,):
+            for export in (EXPORTS[v] for v in self.plan.versions):
                 if name == export["group"]:
                     rules = groups.add_export(rules, name, export["to_group"],
                                               selector=export["selector"],
@@ -182,14 +182,12 @@ class Builder:
                 self.ns[node].sysctl("net.ipv6.conf.all.forwarding", 1)
         for link in (*p.uplinks, *p.rack_links):
             veth(self.ns[link.a], link.a_if, self.ns[link.b], link.b_if)
-            self.ns[link.a].addr(link.a_if, link.a_addr)
-            self.ns[link.b].addr(link.b_if, link.b_addr)
-            if p.dual_stack:
-                # nodad: the plan made the addresses unique; BIRD and ExaBGP can bind to
-                # them at once instead of after duplicate address detection.
-                for node, dev, cidr in ((link.a, link.a_if, link.a_addr6),
-                                        (link.b, link.b_if, link.b_addr6)):
-                    self.ns[node].run(["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"])
+            # Netns.addr adds an IPv6 address without duplicate address detection (the
+            # plan made the addresses unique), so BIRD and ExaBGP can bind to it at once.
+            for node, dev, cidrs in ((link.a, link.a_if, link.a_addrs),
+                                     (link.b, link.b_if, link.b_addrs)):
+                for cidr in cidrs:
+                    self.ns[node].addr(dev, cidr)
         mgmt = self.ns["mgmt"]
         for h in p.hosts:
             veth(mgmt, h.name, self.ns[h.name], "mgmt")
@@ -203,16 +201,14 @@ class Builder:
         # each family is given (bgp.fabric renders each with its family's channel).
         confs = {p.core.name: bird_conf.render_core(
             name=p.core.name, router_id=p.core.router_id, local_as=p.core.as_num,
-            tors=[(ip, t.as_num) for link, t in zip(p.uplinks, p.tors)
-                  for ip in map(address_of, filter(None, (link.b_addr, link.b_addr6)))],
+            tors=[(address_of(cidr), t.as_num) for link, t in zip(p.uplinks, p.tors)
+                  for cidr in link.b_addrs],
             log_file=observe.bird_log(self.workdir, p.core.name))}
         for link, t in zip(p.uplinks, p.tors):
             confs[t.name] = bird_conf.render_tor(
                 bgp, pools, name=t.name, router_id=t.router_id, local_as=t.as_num,
-                addresses=[a for x in p.rack_links if x.a == t.name
-                           for a in (x.a_addr, x.a_addr6) if a],
-                uplinks=[(ip, p.core.as_num) for ip in
-                         map(address_of, filter(None, (link.a_addr, link.a_addr6)))],
+                addresses=[a for x in p.rack_links if x.a == t.name for a in x.a_addrs],
+                uplinks=[(address_of(cidr), p.core.as_num) for cidr in link.a_addrs],
                 log_file=observe.bird_log(self.workdir, t.name))
         for name, conf in confs.items():
             bird = Bird(self.ns[name], name, self.workdir)

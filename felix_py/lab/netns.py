@@ -106,7 +106,11 @@ class Netns:
 
     # -- addressing helpers ------------------------------------------------------------
     def addr(self, dev: str, cidr: str) -> None:
-        self.run(["ip", "addr", "add", cidr, "dev", dev])
+        """Add an address (IPv4 or IPv6, with its prefix length) to ``dev``.  An IPv6 one
+        is added without duplicate address detection (``nodad``): the callers' addresses
+        are unique by construction (the lab's plan, the tests'), and BIRD and ExaBGP can
+        bind to it at once instead of after DAD."""
+        self.run(["ip", "addr", "add", cidr, "dev", dev, *(["nodad"] if ":" in cidr else [])])
 
     def up(self, dev: str) -> None:
         self.run(f"ip link set dev {dev} up")

@@ -1,25 +1,25 @@
 """What the lab holds, read from its parts: the datastore, the switches' BIRD, the hosts' kernels.
 
 ``read`` loads the datastore once as every host's agent sees it.  ``expected`` says which
-routes each node should hold, from the datastore alone: a host its local workloads' /32s
-and one default route (and its IPAM blocks' blackholes); a ToR the prefixes its rack's
-hosts announce (``calc.routes.exported_prefixes``, the function the agents announce with);
-the core all of them.  ``report`` sets what each node really holds (BIRD's table, the
-host's kernel routes of the agent's protocol), its BGP sessions and heartbeat against
-that, one ``NodeReport`` per node.  ``lab up`` waits until no report has a problem;
-``lab status`` prints them.
+routes each node should hold, per IP version, from the datastore alone: a host its local
+workloads' /32s and one default route (and its IPAM blocks' blackholes); a ToR the
+prefixes its rack's hosts announce (``calc.routes.exported_prefixes``, the function the
+agents announce with); the core all of them.  ``report`` sets what each node really holds
+(BIRD's table, the host's kernel routes of the agent's protocol), its BGP sessions and
+heartbeat against that, one ``NodeReport`` per node.  ``lab up`` waits until no report
+has a problem; ``lab status`` prints them.
 
 Each IP version of the lab (IPv4; IPv6 too in a dual-stack lab) is checked apart: a
 node's ``FamilyReport`` per version holds its routes of that version (BIRD's ``master4`` or
 ``master6`` table, ``ip -4`` or ``ip -6`` on a host) and its sessions of that version (an
-agent's peer by the family of its address, a BIRD session by the family of its channel).
+agent's peer by the family of its address, a BIRD session by the family of its channel:
+``Bird.sessions()``, one ``show protocols all``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 
 from bgp.driver import ip_version
@@ -83,19 +83,25 @@ class Expected:
     switch: dict[str, set[str]]             # core / ToR -> workload prefixes it should hold
 
 
-def expected(plan: Plan, view: View, version: int = 4) -> Expected:
-    host_wl, announced = {}, {}
+def expected(plan: Plan, view: View) -> dict[int, Expected]:
+    """What the nodes should hold, for each IP version of the lab."""
+    host_wl = {v: {} for v in plan.versions}
+    announced = {v: {} for v in plan.versions}
     for h in plan.hosts:
         store = view.stores[h.name]
-        host_wl[h.name] = {f"{ipaddress.ip_interface(n).ip}/{HOST_LEN[version]}"
-                           for ep in store.local_endpoints.values() if ep.state == "active"
-                           for n in (ep.ipv4_nets if version == 4 else ep.ipv6_nets)}
-        announced[h.name] = {p for p in exported_prefixes(store)
-                             if ipaddress.ip_network(p).version == version}
-    switch = {t.name: set().union(*(announced[h.name] for h in plan.hosts_of(t.name)))
-              for t in plan.tors}
-    switch[plan.core.name] = set().union(*announced.values())
-    return Expected(host_wl, announced, switch)
+        active = [ep for ep in store.local_endpoints.values() if ep.state == "active"]
+        prefixes = exported_prefixes(store)             # once per host, split by version
+        for v in plan.versions:
+            host_wl[v][h.name] = {f"{ipaddress.ip_interface(n).ip}/{HOST_LEN[v]}"
+                                  for ep in active for n in ep.nets(v)}
+            announced[v][h.name] = {p for p in prefixes if ip_version(p) == v}
+    out = {}
+    for v in plan.versions:
+        switch = {t.name: set().union(*(announced[v][h.name] for h in plan.hosts_of(t.name)))
+                  for t in plan.tors}
+        switch[plan.core.name] = set().union(*announced[v].values())
+        out[v] = Expected(host_wl[v], announced[v], switch)
+    return out
 
 
 def host_config(view: View, host: str) -> config_mod.Config:
@@ -196,16 +202,15 @@ class NodeReport:
 
 def report(plan: Plan, view: View, workdir: str) -> list[NodeReport]:
     versions = plan.versions
-    want = {v: expected(plan, view, v) for v in versions}
+    want = expected(plan, view)
     out = []
     for sw in (plan.core, *plan.tors):
         bird = switch_bird(plan, sw.name, workdir)
         try:
             routes = {v: bird.routes(TABLES[v]) for v in versions}
-            sessions = bird.protocols()
-            family_of = session_families(bird) if len(versions) > 1 else {}
+            sessions = bird.sessions()
         except NetnsError:
-            routes, sessions, family_of = {v: {} for v in versions}, {}, {}
+            routes, sessions = {v: {} for v in versions}, {}
             broken = f"BIRD does not answer on {bird.sock} (log: {bird_log(workdir, sw.name)})"
         else:
             broken = None
@@ -214,9 +219,11 @@ def report(plan: Plan, view: View, workdir: str) -> list[NodeReport]:
             held = {p for p in routes[v] if p != DEFAULTS[v]}
             default = (sorted(routes[v][DEFAULTS[v]]) or [""]) if DEFAULTS[v] in routes[v] \
                 else []
+            # A session in the family of its channel (bgp.fabric gives each one); one
+            # without a channel counts as IPv4.
             families[v] = FamilyReport(v, held, want[v].switch[sw.name], default,
-                                       {p: st for p, st in sessions.items()
-                                        if family_of.get(p, 4) == v})
+                                       {p: s.state for p, s in sessions.items()
+                                        if (s.version or 4) == v})
         n = NodeReport("core" if sw.rack is None else "tor", sw.name, plan.netns(sw.name),
                        sw.as_num, families)
         if broken:
@@ -267,26 +274,4 @@ def report(plan: Plan, view: View, workdir: str) -> list[NodeReport]:
                 n.problem("no BGP session", v)
             elif peers:
                 n.problem(f"BGP session(s) not established: {', '.join(sorted(peers))}", v)
-    return out
-
-
-_PROTOCOL_RE = re.compile(r"^(\S+)\s+BGP\s")
-_CHANNEL_RE = re.compile(r"^\s+Channel ipv([46])\b")
-
-
-def session_families(bird: Bird) -> dict[str, int]:
-    """BGP protocol name -> the IP version of its channel (each session of the fabric has
-    one), from ``show protocols all``."""
-    out, current = {}, None
-    for line in bird.birdc("show", "protocols", "all").splitlines():
-        m = _PROTOCOL_RE.match(line)
-        if m:
-            current = m.group(1)
-            continue
-        if line and not line[0].isspace():
-            current = None                  # another kind of protocol, or a heading
-            continue
-        m = _CHANNEL_RE.match(line)
-        if m and current:
-            out[current] = int(m.group(1))
     return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from felix_py.calc.store import Store
 from felix_py.lab.netns import Netns
-from felix_py.lab.plan import Plan
+from felix_py.lab.plan import Plan, address_of
 from policy.testing import Oracle, Packet
 
 PARALLEL = 64
@@ -57,9 +57,9 @@ def addresses(plan: Plan, store: Store, version: int = 4) -> dict[str, str]:
     """Each planned workload's IPv4 (IPv6) address, from its endpoint in the datastore."""
     out = {}
     for eid, ep in store.endpoints.items():
-        nets = ep.ipv4_nets if version == 4 else ep.ipv6_nets
+        nets = ep.nets(version)
         if eid.workload in {w.name for w in plan.workloads} and nets:
-            out[eid.workload] = nets[0].split("/")[0]
+            out[eid.workload] = address_of(nets[0])
     return out
 
 

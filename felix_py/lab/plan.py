@@ -49,9 +49,9 @@ MGMT_BRIDGE = "br-mgmt"
 GROUPS = ("web", "db")
 EXPORT = {"group": "db", "to_group": "web", "selector": 'role == "primary"',
           "protocol": "icmp"}
-# The same export for IPv6 in a dual-stack lab: a rule with protocol icmp is an IPv4 rule
-# (docs/policy.md), so ping over IPv6 needs its own, with icmpv6.
-EXPORT6 = {**EXPORT, "protocol": "icmpv6"}
+# The export of each IP version: a rule with protocol icmp is an IPv4 rule
+# (docs/policy.md), so ping over IPv6 (a dual-stack lab) needs its own, with icmpv6.
+EXPORTS = {4: EXPORT, 6: {**EXPORT, "protocol": "icmpv6"}}
 
 LIMITS = {"racks": 50, "hosts_per_rack": 50, "workloads_per_host": 50}
 
@@ -94,6 +94,16 @@ class Link:
     b_addr: str
     a_addr6: str | None = None      # dual-stack only: the IPv6 addresses/prefix length
     b_addr6: str | None = None
+
+    @property
+    def a_addrs(self) -> tuple[str, ...]:
+        """Node a's addresses on the link: IPv4, then IPv6 if it has one."""
+        return tuple(filter(None, (self.a_addr, self.a_addr6)))
+
+    @property
+    def b_addrs(self) -> tuple[str, ...]:
+        """Node b's addresses on the link: IPv4, then IPv6 if it has one."""
+        return tuple(filter(None, (self.b_addr, self.b_addr6)))
 
 
 @dataclass(frozen=True)
@@ -177,21 +187,17 @@ _V6_LINK = ("a_addr6", "b_addr6")
 _V6_HOST = ("bgp_ip6", "tor_ip6")
 
 
-def _p2p(net: ipaddress.IPv4Network, index: int) -> tuple[str, str]:
-    """The two addresses (with /30) of the index-th (1-based) point-to-point link."""
-    link = ipaddress.ip_network((int(net.network_address) + 4 * (index - 1), 30))
+def _p2p(net: ipaddress.IPv4Network | ipaddress.IPv6Network, prefixlen: int,
+         number: int) -> tuple[str, str]:
+    """The two ends of a point-to-point link, with ``prefixlen``: the first and second
+    address of the ``number``-th (0-based) /``prefixlen`` of ``net``.  The IPv4 links are
+    /30s numbered from 0, the IPv6 ones /64s numbered from 1 (their group is the link's
+    index)."""
+    size = 1 << (net.max_prefixlen - prefixlen)
+    link = ipaddress.ip_network((net.network_address + size * number, prefixlen))
     if not link.subnet_of(net):
         raise PlanError(f"the lab has more links than {net} holds")
-    return f"{link[1]}/30", f"{link[2]}/30"
-
-
-def _p2p6(net: ipaddress.IPv6Network, index: int) -> tuple[str, str]:
-    """The two IPv6 addresses (with /64) of the index-th (1-based) link: the index-th /64
-    of ``net``, ::1 and ::2."""
-    link = ipaddress.ip_network((int(net.network_address) + (index << 64), 64))
-    if not link.subnet_of(net):
-        raise PlanError(f"the lab has more links than {net} holds")
-    return f"{link[1]}/64", f"{link[2]}/64"
+    return f"{link[1]}/{prefixlen}", f"{link[2]}/{prefixlen}"
 
 
 def address_of(cidr: str) -> str:
@@ -201,13 +207,13 @@ def address_of(cidr: str) -> str:
 
 def plan(size: Size, lab_id: str, dual_stack: bool = False) -> Plan:
     size.check()
-    first_core, _ = _p2p(UPLINK_NET, 1)
+    first_core, _ = _p2p(UPLINK_NET, 30, 0)
     core = Switch("core", CORE_AS, address_of(first_core))
     tors, hosts, workloads, uplinks, rack_links = [], [], [], [], []
     index = 0
     for r in range(1, size.racks + 1):
-        core_addr, tor_addr = _p2p(UPLINK_NET, r)
-        core6, tor6 = _p2p6(UPLINK_NET6, r) if dual_stack else (None, None)
+        core_addr, tor_addr = _p2p(UPLINK_NET, 30, r - 1)
+        core6, tor6 = _p2p(UPLINK_NET6, 64, r) if dual_stack else (None, None)
         tor = Switch(f"tor{r}", TOR_AS_BASE + r, address_of(tor_addr), rack=r)
         tors.append(tor)
         uplinks.append(Link(core.name, tor.name, core_addr, tor.name, "core", tor_addr,
@@ -215,8 +221,8 @@ def plan(size: Size, lab_id: str, dual_stack: bool = False) -> Plan:
         for _ in range(size.hosts_per_rack):
             index += 1
             name = f"host{index}"
-            tor_side, host_side = _p2p(RACK_NET, index)
-            tor_side6, host_side6 = _p2p6(RACK_NET6, index) if dual_stack else (None, None)
+            tor_side, host_side = _p2p(RACK_NET, 30, index - 1)
+            tor_side6, host_side6 = _p2p(RACK_NET6, 64, index) if dual_stack else (None, None)
             rack_links.append(Link(tor.name, name, tor_side, name, tor.name, host_side,
                                    tor_side6, host_side6))
             hosts.append(Host(name, index, r, tor.name, address_of(host_side), address_of(tor_side),

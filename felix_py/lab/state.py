@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from felix_py.datastore import client as client_mod
+from felix_py.procfs import start_time
 
 STATE_FILE = "state.json"
 # Unix sockets live in the lab's workdir (BIRD's control sockets, etcd's, ExaBGP's API in a
@@ -37,18 +38,6 @@ class LabDirTooLong(ValueError):
 def lab_dir() -> str:
     # Read at call time: tests point FELIX_LAB_DIR (and FELIX_STATE_DIR) elsewhere.
     return os.environ.get("FELIX_LAB_DIR") or os.path.join(client_mod.STATE_DIR, "lab")
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot; None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if rest[0] == b"Z":
-        return None
-    return int(rest[19])
 
 
 @dataclass
@@ -128,7 +117,8 @@ class LabState:
         self.save()
 
     def running(self, proc: dict) -> bool:
-        """The recorded process still runs (the same one, not a reused pid)."""
+        """The recorded process still runs (the same one, not a reused pid; a zombie is
+        gone)."""
         now = start_time(proc["pid"])
         return now is not None and now == proc.get("start_time")
 

@@ -1,6 +1,8 @@
 """Watching an agent from inside its namespace: its HTTP endpoints, its route events; TCP
-listeners for connection tests; an agent with short BGP timers that finds its ExaBGP."""
+listeners for connection tests; an agent with short BGP timers that finds its ExaBGP;
+workloads plugged in as felix-cni does it, IPv6 pings and link-local addresses."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -73,6 +75,34 @@ def listen(ns, ports, family: int = 4):
     wait_for(lambda: all(f":{p} " in ns.run(f"ss -Hltn{family}").stdout for p in ports),
              what=f"IPv{family} listeners on {ports} in {ns.name}")
     return proc
+
+
+_PLUG = """import json, sys
+from felix_py.cni import link
+print(link.create(*json.loads(sys.argv[1])).container_mac)
+"""
+
+
+def plug(host, netns_factory, name, ipv4, ipv6):
+    """A container plugged in as felix-cni does it (felix-cni's own kernel code, run in the
+    host namespace: the host end's link-local address is the workload's IPv6 gateway);
+    returns (namespace, its MAC)."""
+    wl = netns_factory(name)
+    mac = host.run([sys.executable, "-c", _PLUG, json.dumps(
+        [f"cali{name}", f"/run/netns/{wl.name}", "eth0", ipv4, ipv6])]).stdout.strip()
+    return wl, mac
+
+
+def ping6(ns, dst, src=None):
+    return ns.ok(["ping", "-6", "-n", "-q", "-c", "1", "-W", "1",
+                  *(["-I", src] if src else []), dst], timeout=6)
+
+
+def wait_link_local(ns, dev):
+    """Until ``dev``'s link-local address is usable (BIRD sends it as a second next hop
+    once it is)."""
+    wait_for(lambda: "fe80::" in (a := ns.run(f"ip -6 addr show dev {dev} scope link").stdout)
+             and "tentative" not in a, 10, what=f"{ns.name} {dev}'s link-local address")
 
 
 class BgpAgent(AgentProcess):

@@ -4,6 +4,7 @@ import os
 from contextlib import contextmanager
 
 import pytest
+from agentkit import BgpAgent
 from ctlkit import Ctl
 
 from bgp.lab import Bird
@@ -104,6 +105,12 @@ def agent_factory(etcd, prefix, tmp_path):
                    str(tmp_path / f"agent-{hostname}.log"), env).start()
     with _stopping(start) as make:
         yield make
+
+
+@pytest.fixture
+def agents(agent_factory):
+    """make(ns, hostname, **env) -> a started agent with short BGP timers (``BgpAgent``)."""
+    return lambda ns, hostname, **env: agent_factory(ns, hostname, cls=BgpAgent, **env)
 
 
 @pytest.fixture

@@ -10,17 +10,11 @@ import signal
 import time
 
 import pytest
-from agentkit import BgpAgent
 
 from bgp import fabric
 from felix_py.datastore.keys import EndpointId
 from felix_py.lab import netns as nsmod
 from felix_py.lab.netns import wait_for
-
-
-@pytest.fixture
-def agents(agent_factory):
-    return lambda ns, hostname, **env: agent_factory(ns, hostname, cls=BgpAgent, **env)
 
 
 def eid(host, name):

@@ -8,12 +8,9 @@ prefix outside every pool: the ToR must keep the first, refuse the second and se
 down to the agent's host, which learns ::/0 and nothing else.
 """
 
-import json
 import re
-import sys
 
-import pytest
-from agentkit import BgpAgent
+from agentkit import ping6, plug, wait_link_local
 
 from bgp import fabric
 from felix_py.datastore.keys import EndpointId
@@ -26,29 +23,8 @@ H2_BLOCK = "fd00:10:65:2::/122"          # the stand-in host's IPAM block
 H2_ADDR = "fd00:10:65:2::1"              # an address in it, on the stand-in's loopback
 OUTSIDE = "fd99::/64"                    # in no pool: the ToR must refuse it
 
-PLUG = """import json, sys
-from felix_py.cni import link
-print(link.create(*json.loads(sys.argv[1])).container_mac)
-"""
-
-
-def plug(host, netns_factory, name, ipv4, ipv6):
-    """A container plugged in as felix-cni does it (the host end's link-local address is
-    the workload's IPv6 gateway); returns (namespace, its MAC)."""
-    wl = netns_factory(name)
-    mac = host.run([sys.executable, "-c", PLUG, json.dumps(
-        [f"cali{name}", f"/run/netns/{wl.name}", "eth0", ipv4, ipv6])]).stdout.strip()
-    return wl, mac
-
-
 def addr6(ns, dev, cidr):
     ns.run(f"ip -6 addr add {cidr} dev {dev} nodad")
-
-
-def wait_link_local(ns, dev):
-    """BIRD sends its link-local address as a second next hop once the address is usable."""
-    wait_for(lambda: "fe80::" in (a := ns.run(f"ip -6 addr show dev {dev} scope link").stdout)
-             and "tentative" not in a, 10, what=f"{ns.name} {dev}'s link-local address")
 
 
 def learned(ns, family):
@@ -63,15 +39,6 @@ def route_counts(bird, protocol):
     m = re.search(r"Routes:\s+(\d+) imported, (?:\d+ filtered, )?(\d+) exported", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
-
-
-def ping6(ns, dst):
-    return ns.ok(["ping", "-6", "-n", "-q", "-c", "1", "-W", "1", dst], timeout=6)
-
-
-@pytest.fixture
-def agents(agent_factory):
-    return lambda ns, hostname, **env: agent_factory(ns, hostname, cls=BgpAgent, **env)
 
 
 def test_dual_stack_downward_default_fabric(netns_factory, registry, client, layout,

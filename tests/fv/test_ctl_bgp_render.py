@@ -6,10 +6,8 @@ session.  The command line alone (neighbour parsing, refusals before any datasto
 opened) is tested in tests/unit/test_ctl_neighbors.py, which needs neither root nor etcd.
 """
 
-import subprocess
-
 import pytest
-from birdtext import block
+from birdtext import bird_parses, block, sessions
 
 from bgp import fabric
 from felix_py.datastore.keys import KeyLayout
@@ -35,26 +33,6 @@ def fabric_ctl(ctl):
     for rr in ("10.3.0.1", "fd00:3::1", "fd00:3::2"):
         ctl("bgp", "rr", "add", rr, "--cluster-id", "1.0.0.1")
     return ctl
-
-
-def bird_parses(tmp_path, text, name="bird.conf"):
-    path = tmp_path / name
-    path.write_text(text)
-    r = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True)
-    assert r.returncode == 0, f"BIRD refuses {name}: {r.stderr}\n{text}"
-
-
-def sessions(text):
-    """{BGP protocol: (its body, its template's included; its channels)}."""
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("protocol bgp ") and line.endswith(" {"):
-            head = line[:-2]
-            body = block(text, head)
-            if " from " in head:
-                body += block(text, f"template bgp {head.split(' from ')[1]}")
-            out[head.split()[2]] = (body, [c for c in ("ipv4", "ipv6") if f"    {c} {{" in body])
-    return out
 
 
 def stored(ctl):

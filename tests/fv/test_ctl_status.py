@@ -9,6 +9,7 @@ import tarfile
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from birdtext import bird_parses
 
 from felix_py.datastore.embedded import free_port
 from felix_py.lab.netns import wait_for
@@ -241,12 +242,8 @@ def test_bgp_render_gives_configs_bird_accepts(ctl, tmp_path):
         "--tor", "10.9.0.2:65101", "--file", str(core))
     rr = ctl("bgp", "render", "rr", "10.0.0.100")
     assert "neighbor 10.1.0.10" in rr
-    for name, text in (("tor.conf", tor), ("rr.conf", rr)):
-        (tmp_path / name).write_text(text)
-    for name in ("tor.conf", "core.conf", "rr.conf"):
-        r = subprocess.run(["bird", "-p", "-c", str(tmp_path / name)], capture_output=True,
-                           text=True)
-        assert r.returncode == 0, f"{name}: {r.stderr}"
+    for name, text in (("tor.conf", tor), ("core.conf", core.read_text()), ("rr.conf", rr)):
+        bird_parses(tmp_path, text, name)
     assert "no route reflector 10.0.0.101" in ctl.fails("bgp", "render", "rr", "10.0.0.101")
     assert "is not IP:AS" in ctl.fails("bgp", "render", "core", "--name", "c", "--router-id",
                                        "10.9.0.1", "--as", "65000", "--tor", "10.9.0.2")

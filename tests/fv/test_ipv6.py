@@ -8,13 +8,12 @@ test plugs a workload in as other orchestrators do (``workload_factory``: any MA
 host end); the host then answers for the gateway by proxy NDP.
 """
 
-import json
 import re
 import sys
 import time
 
 import pytest
-from agentkit import listen, route_events_during
+from agentkit import listen, ping6, plug, route_events_during, wait_link_local
 
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.interfaces import GATEWAY_V6
@@ -22,11 +21,6 @@ from felix_py.lab import netns as nsmod
 from felix_py.lab.netns import wait_for
 
 H = "host-6"
-
-PLUG = """import json, sys
-from felix_py.cni import link
-print(link.create(*json.loads(sys.argv[1])).container_mac)
-"""
 
 CONNECT = """
 import socket, sys
@@ -48,14 +42,6 @@ def v6(n):
     return f"fd00:10:65::{n:x}"
 
 
-def plug(host, netns_factory, name, ipv4, ipv6):
-    """A container plugged in as felix-cni does it; returns (namespace, its MAC)."""
-    wl = netns_factory(name)
-    mac = host.run([sys.executable, "-c", PLUG, json.dumps(
-        [f"cali{name}", f"/run/netns/{wl.name}", "eth0", ipv4, ipv6])]).stdout.strip()
-    return wl, mac
-
-
 def register(registry, name, mac, ipv4, ipv6, profiles, **kw):
     registry.register_endpoint(eid(name), {
         "name": f"cali{name}", "mac": mac, "profile_ids": profiles,
@@ -74,11 +60,6 @@ def has_route6(host, ip, dev):
 
 def proxies(host, dev):
     return host.run(f"ip -6 neigh show proxy dev {dev}").stdout.split()
-
-
-def ping6(ns, dst, src=None):
-    return ns.ok(["ping", "-6", "-n", "-q", "-c", "1", "-W", "1",
-                  *(["-I", src] if src else []), dst], timeout=6)
 
 
 def connect6(ns, dst, port):
@@ -232,8 +213,7 @@ def test_downward_default_over_an_ipv6_session(host, netns_factory, registry, op
     tor.addr("rack6", "10.7.0.1/24")
     host.addr("up6", "10.7.0.2/24")
     # Once the ToR's link-local address is usable, BIRD sends it as a second next hop.
-    wait_for(lambda: "fe80::" in (a := tor.run("ip -6 addr show dev rack6 scope link").stdout)
-             and "tentative" not in a, 10, what="the ToR's link-local address")
+    wait_link_local(tor, "rack6")
     bird = birds(tor, "tor6", """router id 10.7.0.1;
 protocol device {}
 protocol static fabric6 { ipv6; route ::/0 blackhole; route fd99::/64 blackhole; }

@@ -160,7 +160,7 @@ def test_dual_stack_lab(lab):
     assert len(steps) == 7 and all(ln.endswith("s)") for ln in steps), r.stdout
     state = lab.state()
     assert state.phase == "up" and len(state.namespaces) == 1 + 1 + 2 + 4 + 8
-    assert state.plan["dual_stack"] is True         # what status, ping and down read
+    assert state.plan["dual_stack"] is True         # what status and ping read
     plan_hosts = {h["name"]: h for h in state.plan["hosts"]}
 
     # Every workload has an address of each family from felix-cni's IPAM, in the pools.
@@ -193,6 +193,15 @@ def test_dual_stack_lab(lab):
         kernel = Netns(n["netns"]).run("ip -6 route show proto 98").stdout
         assert kernel.count(" dev cali") == 2 and "default via" in kernel, kernel
         assert "blackhole" in kernel, kernel
+    # Each family's sessions are the ones bgp.fabric renders with that family's channel:
+    # on a ToR host_<host> (IPv4) and host6_<host> (IPv6), uplink_<the core's address>; on
+    # the core tor_<the ToR's address>.
+    sessions = {"tor1": ({"host_host1", "host_host2", "uplink_172_16_0_1"},
+                         {"host6_host1", "host6_host2", "uplink_fd00_172_16_1__1"}),
+                "tor2": ({"host_host3", "host_host4", "uplink_172_16_0_5"},
+                         {"host6_host3", "host6_host4", "uplink_fd00_172_16_2__1"}),
+                "core": ({"tor_172_16_0_2", "tor_172_16_0_6"},
+                         {"tor_fd00_172_16_1__2", "tor_fd00_172_16_2__2"})}
     for tor in ("tor1", "tor2"):
         n, v6 = nodes[tor], nodes[tor]["ipv6"]
         assert not n["problems"] and set(v6["routes"]) == set(v6["expected"]), n
@@ -202,9 +211,10 @@ def test_dual_stack_lab(lab):
         # Two hosts and the core, in each family.
         assert len(n["bgp_sessions"]) == len(v6["bgp_sessions"]) == 3, n
         assert set(v6["bgp_sessions"].values()) == {"Established"}, v6
-        assert not set(n["bgp_sessions"]) & set(v6["bgp_sessions"])
+        assert (set(n["bgp_sessions"]), set(v6["bgp_sessions"])) == sessions[tor], n
     core, v6 = nodes["core"], nodes["core"]["ipv6"]
     assert not core["problems"] and len(v6["bgp_sessions"]) == 2, core
+    assert (set(core["bgp_sessions"]), set(v6["bgp_sessions"])) == sessions["core"], core
     assert set(v6["routes"]) == set(nodes["tor1"]["ipv6"]["routes"]) | \
         set(nodes["tor2"]["ipv6"]["routes"])
     # Block aggregation in IPv6 too: one /122 per host, no /128.

@@ -41,7 +41,7 @@ def order_of(finds_chains: bool) -> tuple[ApplyOrder, list]:
     head = (m["bgp"], guard)
     rest = (m["interfaces"], m["policy"])
     early = (m["routes"], m["bgp-announce"])
-    return ApplyOrder(head + rest + early, head + early + rest, guard), applied
+    return ApplyOrder(head, rest, early), applied
 
 
 def run(order: ApplyOrder, first: bool) -> None:
@@ -62,15 +62,6 @@ def test_a_host_with_chains_keeps_policy_before_routes_from_the_first_batch():
     order, applied = order_of(finds_chains=True)
     run(order, first=True)
     assert applied == EVERY_BATCH
-
-
-def test_a_fresh_host_order_that_differs_before_the_guard_or_in_its_managers_is_refused():
-    order, _ = order_of(finds_chains=False)
-    bgp, guard, *rest = order.managers
-    with pytest.raises(ValueError, match="same managers"):
-        ApplyOrder(order.managers, (guard, bgp, *rest), guard)          # swapped before it
-    with pytest.raises(ValueError, match="same managers"):
-        ApplyOrder(order.managers, order.fresh_host[:-1], guard)        # one left out
 
 
 @pytest.fixture

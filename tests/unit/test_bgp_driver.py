@@ -27,6 +27,9 @@ with open(os.path.join(os.path.dirname(sys.argv[-1]), "commands"), "a") as log:
         log.flush()
         say("done")
 """
+# The same, taking every command and never acknowledging one (hung).
+SILENT_EXABGP = FAKE_EXABGP.replace('        say("done")\n', "")
+assert SILENT_EXABGP != FAKE_EXABGP
 
 
 def started(tmp_path, script=FAKE_EXABGP, **kw):
@@ -76,8 +79,7 @@ def test_a_silent_exabgp_does_not_hold_the_caller_and_is_restarted(tmp_path):
     """It takes the announcement and never answers: set_routes gives up waiting after its
     ``wait`` (the agent's loop goes on), and the driver restarts ExaBGP after
     ``ack_timeout``."""
-    driver, events = started(tmp_path, FAKE_EXABGP.replace('        say("done")\n', ""),
-                             ack_timeout=1.0)
+    driver, events = started(tmp_path, SILENT_EXABGP, ack_timeout=1.0)
     try:
         t0 = time.monotonic()
         assert driver.set_routes({"10.65.0.1/32"}, wait=0.3) is False

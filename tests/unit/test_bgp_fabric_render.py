@@ -1,23 +1,15 @@
 """bgp.fabric: BIRD configurations from the datastore, checked by BIRD's own parser."""
 
 import shutil
-import subprocess
 
 import pytest
-from birdtext import block
+from birdtext import bird_parses, block, sessions
 
 from bgp import fabric
 from felix_py import model
 from felix_py.calc.store import BgpSettings
 
 pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2 (bird2)")
-
-
-def bird_accepts(tmp_path, text):
-    path = tmp_path / "bird.conf"
-    path.write_text(text)
-    r = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True)
-    return r.returncode == 0, r.stderr
 
 
 def peer(ip, as_num, password=None):
@@ -42,8 +34,7 @@ def test_tor_peers_with_its_rack_and_sends_only_the_default(tmp_path):
     text = fabric.render_tor(settings(), ["10.65.0.0/16", "fd00::/64"], name="tor1",
                              router_id="10.1.0.1", local_as=65101, addresses=["10.1.0.1/24"],
                              uplinks=[("10.0.1.1", 65000)])
-    ok, err = bird_accepts(tmp_path, text)
-    assert ok, err
+    bird_parses(tmp_path, text)
     assert "protocol bgp host_h1 from rack_host" in text and 'password "pass word#1";' in text
     assert "protocol bgp host_h_2_x from rack_host" in text      # a BIRD-safe name
     # h3 peers from its rack-2 address: accepted dynamically from the link's prefix.
@@ -57,12 +48,10 @@ def test_tor_peers_with_its_rack_and_sends_only_the_default(tmp_path):
 def test_core_and_route_reflector(tmp_path):
     core = fabric.render_core(name="core", router_id="10.0.0.1", local_as=65000,
                               tors=[("10.0.1.2", 65101), ("10.0.2.2", 65102, "pw")])
-    ok, err = bird_accepts(tmp_path, core)
-    assert ok, err
+    bird_parses(tmp_path, core)
     assert "route 0.0.0.0/0 blackhole;" in core and "protocol bgp tor_10_0_2_2" in core
     rr = fabric.render_route_reflector(settings(), rr_ip="10.3.0.1")
-    ok, err = bird_accepts(tmp_path, rr)
-    assert ok, err
+    bird_parses(tmp_path, rr)
     assert "rr cluster id 1.0.0.1;" in rr
     assert "neighbor 10.1.0.11 as 64512;" in rr and "neighbor 10.2.0.13 as 64512;" in rr
     assert "10.1.0.12" not in rr                                  # another cluster
@@ -88,20 +77,6 @@ def test_settings_bird_would_refuse_are_errors_naming_what_to_fix():
 
 # -- IPv6 --------------------------------------------------------------------------------
 
-def channels(text, protocol):
-    """The channels of a BGP protocol, its template's included."""
-    head = next(ln[:-2] for ln in text.splitlines()
-                if ln.startswith(f"protocol bgp {protocol} ") and ln.endswith(" {"))
-    body = block(text, head)
-    if " from " in head:
-        body += block(text, f"template bgp {head.split(' from ')[1]}")
-    return [w for w in ("ipv4", "ipv6") if f"    {w} {{" in body]
-
-
-def bgp_protocols(text):
-    return [ln.split()[2] for ln in text.splitlines() if ln.startswith("protocol bgp ")]
-
-
 def settings6():
     """settings() with IPv6 peers: h1 has its ip_addr_v6 on the ToR's IPv6 link (a session
     of its own), h-2.x none and h3 one on another link (both dynamic), h9 another ToR's."""
@@ -124,15 +99,14 @@ def test_dual_stack_tor_peers_over_ipv6_per_session_and_sends_only_the_ipv6_defa
     text = fabric.render_tor(settings6(), POOLS, **TOR1,
                              addresses=["10.1.0.1/24", "fd10:1::1/64"],
                              uplinks=[("fd00:0:1::1", 65000, "up6"), ("10.0.1.1", 65000)])
-    ok, err = bird_accepts(tmp_path, text)
-    assert ok, err
+    bird_parses(tmp_path, text)
     # One session per address and family, as the hosts' ExaBGP peers: each BGP protocol
     # has one channel, the one of its neighbour's address.
-    assert bgp_protocols(text) == ["host_h_2_x", "host_h1", "rack_10_1_0_0_24",
-                                   "uplink_10_0_1_1", "host6_h1", "rack6_fd10_1___64",
-                                   "uplink_fd00_0_1__1"]
-    for p in bgp_protocols(text):
-        assert channels(text, p) == (["ipv6"] if "6_" in p or "fd00" in p else ["ipv4"]), p
+    assert list(sessions(text)) == ["host_h_2_x", "host_h1", "rack_10_1_0_0_24",
+                                     "uplink_10_0_1_1", "host6_h1", "rack6_fd10_1___64",
+                                     "uplink_fd00_0_1__1"]
+    for p, (_, channels) in sessions(text).items():
+        assert channels == (["ipv6"] if "6_" in p or "fd00" in p else ["ipv4"]), p
     # h1 has its ip_addr_v6 on the link: a session of its own, with its peer_v6 password.
     assert block(text, "protocol bgp host6_h1 from rack_host6") == \
         '    neighbor fd10:1::11 as 64512;\n    password "six";\n'
@@ -195,13 +169,12 @@ def test_ipv6_only_tor_without_ipv6_pools(tmp_path):
         fabric.render_tor(b, ["10.65.0.0/16"], **TOR1, addresses=["fd10:1::1/64"])
     text = fabric.render_tor(b, [], **TOR1, addresses=["fd10:1::1/64"],
                              originate_default=True)
-    ok, err = bird_accepts(tmp_path, text)
-    assert ok, err
+    bird_parses(tmp_path, text)
     assert "ipv4" not in text and "0.0.0.0" not in text and "WORKLOAD_NETS " not in text
     # No pool at all: any IPv6 prefix but the default, as the IPv4 side does without pools.
     assert "define WORKLOAD_NETS6 = [ ::/0{1,128} ];" in text
     assert "protocol static default_route6 {\n    ipv6;\n    route ::/0 blackhole;\n}" in text
-    assert bgp_protocols(text) == ["host6_h1", "rack6_fd10_1___64"]
+    assert list(sessions(text)) == ["host6_h1", "rack6_fd10_1___64"]
     assert text.count("Forwarding follows BGP") == 1
 
 
@@ -209,10 +182,9 @@ def test_core_originates_and_sends_the_ipv6_default_to_ipv6_tors(tmp_path):
     core = fabric.render_core(name="core", router_id="10.0.0.1", local_as=65000,
                               tors=[("10.0.1.2", 65101), ("fd00:0:2::2", 65102, "pw"),
                                     ("FD00:0:1:0::2", 65101)])
-    ok, err = bird_accepts(tmp_path, core)
-    assert ok, err
-    assert bgp_protocols(core) == ["tor_10_0_1_2", "tor_fd00_0_2__2", "tor_fd00_0_1__2"]
-    assert [channels(core, p) for p in bgp_protocols(core)] == [["ipv4"], ["ipv6"], ["ipv6"]]
+    bird_parses(tmp_path, core)
+    assert list(sessions(core)) == ["tor_10_0_1_2", "tor_fd00_0_2__2", "tor_fd00_0_1__2"]
+    assert [ch for _, ch in sessions(core).values()] == [["ipv4"], ["ipv6"], ["ipv6"]]
     assert "protocol static default_route6 {\n    ipv6;\n    route ::/0 blackhole;\n}" in core
     assert block(core, "filter from_tors6") == "    if net = ::/0 then reject;\n    accept;\n"
     assert block(core, "filter to_tors6") == "    if net = ::/0 then accept;\n    reject;\n"
@@ -222,8 +194,7 @@ def test_core_originates_and_sends_the_ipv6_default_to_ipv6_tors(tmp_path):
     assert "neighbor fd00:0:1::2 as 65101;" in core               # written canonically
     only6 = fabric.render_core(name="core", router_id="10.0.0.1", local_as=65000,
                                tors=[("fd00:0:1::2", 65101)], originate_default=False)
-    ok, err = bird_accepts(tmp_path, only6)
-    assert ok, err
+    bird_parses(tmp_path, only6)
     assert "ipv4" not in only6 and "blackhole" not in only6
 
 
@@ -231,12 +202,10 @@ def test_route_reflector_reflects_ipv6_for_its_clients(tmp_path):
     b = settings6()
     b.host_ip_v6.pop("h3")          # h3 peers with the reflector over IPv4 only
     rr = fabric.render_route_reflector(b, rr_ip="10.3.0.1", rr_ip_v6="fd00:3::1")
-    ok, err = bird_accepts(tmp_path, rr)
-    assert ok, err
-    assert bgp_protocols(rr) == ["host_h1", "host_h3", "rr_10_3_0_2", "host6_h1",
-                                 "rr_fd00_3__2"]
-    assert [channels(rr, p) for p in bgp_protocols(rr)] == \
-        [["ipv4"]] * 3 + [["ipv6"]] * 2
+    bird_parses(tmp_path, rr)
+    assert list(sessions(rr)) == ["host_h1", "host_h3", "rr_10_3_0_2", "host6_h1",
+                                   "rr_fd00_3__2"]
+    assert [ch for _, ch in sessions(rr).values()] == [["ipv4"]] * 3 + [["ipv6"]] * 2
     tmpl = block(rr, "template bgp cluster_client6")
     assert "rr client;" in tmpl and "rr cluster id 1.0.0.1;" in tmpl
     assert "local as 64512;" in tmpl and "export where source = RTS_BGP;" in tmpl
@@ -248,9 +217,8 @@ def test_route_reflector_reflects_ipv6_for_its_clients(tmp_path):
     assert "router id 10.3.0.1;" in rr
     # An IPv6-only reflector: IPv6 sessions only, with the router id it is given.
     only6 = fabric.render_route_reflector(b, rr_ip="fd00:3::2", router_id="10.3.0.2")
-    ok, err = bird_accepts(tmp_path, only6)
-    assert ok, err
-    assert bgp_protocols(only6) == ["host6_h1", "rr_fd00_3__1"]
+    bird_parses(tmp_path, only6)
+    assert list(sessions(only6)) == ["host6_h1", "rr_fd00_3__1"]
     assert "ipv4" not in only6 and "router id 10.3.0.2;" in only6
     assert "BIRD 2 configuration of rr fd00:3::2," in only6
 

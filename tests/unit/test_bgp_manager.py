@@ -10,16 +10,19 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+from test_bgp_driver import SILENT_EXABGP
+
 from bgp import api, manager
 from bgp.driver import ExaBgpDriver, ProcessDown, State
 from bgp.manager import ACK_WAIT, OWNER_FILE, BgpManager, remove_stale_run_dirs
 from felix_py import config, model
-from felix_py.calc.store import Changes, Store
+from felix_py.calc.store import Blocks, Changes, Store
 from felix_py.datastore.keys import EndpointId, KeyLayout
 from felix_py.dataplane.manager import DataplaneRefresh
 from felix_py.dataplane.netlink import Route
 from felix_py.ipam.blocks import new_block
 from felix_py.lab.netns import wait_for
+from felix_py.procfs import start_time
 
 
 class FakeDriver:
@@ -197,22 +200,6 @@ def test_announcements_not_taken_in_time_are_looked_at_again_without_waiting(
     s = store_with([("10.1.0.1", 65101), ("10.2.0.1", 65102)])
     turn(m, posted, s, Changes(bgp=True))
     assert m.driver.waits[-1] == ACK_WAIT and m.driver.told == 5
-
-
-# A stand-in for ExaBGP that takes every command and never acknowledges one (hung): it runs
-# the API helper of its configuration and says each neighbour is up.
-SILENT_EXABGP = """#!{python}
-import json, re, subprocess, sys
-conf = open(sys.argv[-1]).read()
-helper = subprocess.Popen(re.search(r"run (.*);", conf).group(1).split(),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-for peer in re.findall(r"neighbor (\\S+) {{", conf):
-    helper.stdin.write(json.dumps({{"type": "state", "neighbor": {{
-        "address": {{"local": "10.1.0.11", "peer": peer}}, "state": "up"}}}}).encode() + b"\\n")
-    helper.stdin.flush()
-for line in helper.stdout:
-    pass
-"""
 
 
 def test_a_hung_exabgp_holds_only_the_batches_that_hand_it_something_new(
@@ -474,33 +461,33 @@ def test_own_prefixes_are_filtered_out_while_ours_and_imported_again_after(tmp_p
     assert m.driver.configures == 1
 
 
-class CountingBlocks(dict):
-    """The store's blocks, counting the passes over all of them."""
-    passes = 0
+def count_full_passes(monkeypatch):
+    """The passes over every block of the cluster (``Blocks``' iteration and views), made
+    while the test runs: the list of them, by method."""
+    passes = []
+    for name in ("__iter__", "keys", "values", "items"):
+        def counted(self, _real=getattr(Blocks, name), _name=name):
+            passes.append(_name)
+            return _real(self)
+        monkeypatch.setattr(Blocks, name, counted)
+    return passes
 
-    def items(self):
-        self.passes += 1
-        return super().items()
 
-
-def test_a_batch_goes_through_the_clusters_blocks_once_for_bgp(tmp_path):
+def test_a_batch_does_not_go_through_the_clusters_blocks_for_bgp(tmp_path, monkeypatch):
+    """What the host announces comes from the store's index of its own blocks."""
     m, ctx, posted = make(tmp_path)
     s = store_with([("10.1.0.1", 65101)], ("10.65.0.1/32", "10.70.0.9/32"))
-    s.blocks = CountingBlocks()
     s.blocks["10.65.0.0/26"] = new_block("10.65.0.0/26", "h1", False)
     for i in range(1, 200):         # other hosts' blocks
         s.blocks[f"10.66.{i}.0/26"] = new_block(f"10.66.{i}.0/26", f"h{i + 1}", False)
+    passes = count_full_passes(monkeypatch)
     m.on_changes(s, ALL, None)
-    assert s.blocks.passes == 1
+    assert passes == []
     assert m.blocks == {"10.65.0.0/26"} and m.own == {"10.65.0.0/26", "10.70.0.9/32"}
+    assert len(list(s.blocks.items())) == 200 and passes == ["items"]     # passes are seen
 
 
 # -- run directories -----------------------------------------------------------------------
-def start_time(pid):
-    text = open(f"/proc/{pid}/stat").read()
-    return text[text.rindex(")") + 1:].split()[19]
-
-
 OURS = os.readlink("/proc/self/ns/pid")
 
 
@@ -512,22 +499,24 @@ def owned_dirs(parent, owners):
 
 def test_a_pid_taken_by_a_later_process_or_a_zombie_is_no_agent(tmp_path):
     alive = subprocess.Popen(["sleep", "30"])
-    zombie = subprocess.Popen(["true"])         # not waited for until the end
+    zombie = subprocess.Popen(["sleep", "30"])  # killed, not waited for until the end
     try:
-        wait_for(lambda: open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0]
-                 == "Z", 10, 0.02, what="a zombie")
+        zombie_start = start_time(zombie.pid)   # read while it runs: a zombie's is None
+        zombie.kill()
+        # Not collected, so still there (its /proc directory), as a zombie.
+        wait_for(lambda: start_time(zombie.pid) is None, 10, 0.02, what="a zombie")
+        assert os.path.isdir(f"/proc/{zombie.pid}")
         owned_dirs(tmp_path, {
             "felix-bgp-alive-1": f"{alive.pid} {OURS} {start_time(alive.pid)}",
             # its pid, another process since (the agent started at another time)
-            "felix-bgp-reused-2": f"{alive.pid} {OURS} {int(start_time(alive.pid)) - 1}",
-            "felix-bgp-zombie-3": f"{zombie.pid} {OURS} {start_time(zombie.pid)}",
+            "felix-bgp-reused-2": f"{alive.pid} {OURS} {start_time(alive.pid) - 1}",
+            "felix-bgp-zombie-3": f"{zombie.pid} {OURS} {zombie_start}",
             # an older agent's pid file, without a start time: whether the pid exists
             "felix-bgp-old-4": f"{alive.pid} {OURS}",
             "felix-bgp-bad-5": f"{alive.pid} {OURS} 1 2",
             # this very process's, and one of an earlier process that had its pid
             "felix-bgp-self-6": f"{os.getpid()} {OURS} {start_time(os.getpid())}",
-            "felix-bgp-before-7": f"{os.getpid()} {OURS} "
-                                  f"{int(start_time(os.getpid())) - 1}"})
+            "felix-bgp-before-7": f"{os.getpid()} {OURS} {start_time(os.getpid()) - 1}"})
         assert sorted(remove_stale_run_dirs(str(tmp_path))) == [
             str(tmp_path / "felix-bgp-before-7"), str(tmp_path / "felix-bgp-reused-2"),
             str(tmp_path / "felix-bgp-zombie-3")]
@@ -568,7 +557,7 @@ def test_the_pid_file_names_the_agent_by_pid_and_start_time(tmp_path, monkeypatc
     try:
         assert os.path.dirname(m.run_dir) == str(tmp_path)
         assert open(os.path.join(m.run_dir, OWNER_FILE)).read().split() == [
-            str(os.getpid()), OURS, start_time("self")]
+            str(os.getpid()), OURS, str(start_time("self"))]
     finally:
         m.close()
     assert not os.path.exists(m.run_dir)

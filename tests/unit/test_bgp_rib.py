@@ -128,3 +128,20 @@ def test_a_link_local_next_hop_names_the_link_its_peer_is_on():
     rib.update("fd10:8::1", {"::/0": "fe80::1"}, ())       # the same address, another link
     rib.update("fd10:9::1", {"::/0": "fe80::9"}, ())       # no known link: unusable
     assert rib.kernel_routes() == {"::/0": ("fe80::1%up6", "fe80::1%up7")}
+
+
+def test_a_relink_recomputes_only_routes_that_went_through_a_link_local_next_hop():
+    links = {}
+    rib = Rib(DEFAULT_ONLY, link_of=links.get)
+    rib.set_peers({"fd10:7::1": "tor"}, {}, 0.0)
+    up(rib, "fd10:7::1")
+    rib.update("fd10:7::1", {"::/0": "fd10:7::1"}, ())
+    assert rib.kernel_routes() == {"::/0": ("fd10:7::1",)}
+    rib.relink()                    # no route depends on a link: nothing to recompute
+    assert not rib.changed
+    rib.update("fd10:7::1", {"::/0": "fe80::1"}, ())
+    assert rib.kernel_routes() == {}                       # its link unknown: left out
+    links["fd10:7::1"] = "up6"
+    assert rib.kernel_routes() == {}                       # not looked up again unasked
+    rib.relink()
+    assert rib.changed and rib.kernel_routes() == {"::/0": ("fe80::1%up6",)}

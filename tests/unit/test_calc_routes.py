@@ -1,7 +1,7 @@
 """What the host's routing should hold for its workloads (pure)."""
 
 from felix_py import model
-from felix_py.calc.routes import exported_prefixes, owned_blocks, workload_state
+from felix_py.calc.routes import exported_prefixes, workload_state
 from felix_py.calc.store import Store
 from felix_py.datastore.keys import EndpointId
 from felix_py.dataplane.links import LinkInfo
@@ -44,19 +44,6 @@ def test_exported_prefixes_are_owned_blocks_whole_and_addresses_outside_them():
     store.blocks.clear()
     assert exported_prefixes(store) == {"10.65.0.1/32", "10.65.0.63/32", "10.65.0.64/32",
                                         "10.66.0.1/32", "fd00:65::3f/128", "fd00:65::40/128"}
-
-
-def test_exported_prefixes_take_the_owned_blocks_the_caller_has_already():
-    store = Store("h1")
-    store.blocks["10.65.0.0/26"] = new_block("10.65.0.0/26", "h1", False)
-    store.blocks["10.65.0.64/26"] = new_block("10.65.0.64/26", "h2", False)
-    store.local_endpoints[eid("a")] = model.Endpoint(name="cali-a",
-                                                     ipv4_nets=["10.65.0.1/32", "10.65.0.65/32"])
-    owned = owned_blocks(store)
-    assert owned == ["10.65.0.0/26"]
-    store.blocks = {}           # not looked at again
-    assert exported_prefixes(store, owned) == {"10.65.0.0/26", "10.65.0.65/32"}
-    assert exported_prefixes(store, []) == {"10.65.0.1/32", "10.65.0.65/32"}
 
 
 def test_exported_prefixes_find_addresses_among_many_adjacent_and_overlapping_blocks():

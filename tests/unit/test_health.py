@@ -89,7 +89,7 @@ def test_status_serves_the_latest_snapshot_without_calling_the_managers(server):
     managers = (bgp, NoStatus(), Broken(), policy)
     health.in_sync = health.datastore_in_sync = health.applied = True
     health.set_status(status_snapshot({"up": 2, "down": 1, "error": 0}, 0.01234567, True,
-                                      managers))
+                                      managers, set()))
     st = get_status(port)
     assert st["managers"] == {
         "bgp": {"bgp_mode": "downward-default", "bgp_peers": {"established": 2}},
@@ -105,7 +105,8 @@ def test_status_serves_the_latest_snapshot_without_calling_the_managers(server):
     # A new snapshot replaces the old one whole; what Health keeps current (the datastore
     # went away) wins over what the snapshot says.
     policy._status["chains"] = 13
-    health.set_status(status_snapshot({"up": 3, "down": 0, "error": 0}, 0.5, False, managers))
+    snapshot = status_snapshot({"up": 3, "down": 0, "error": 0}, 0.5, False, managers, set())
+    health.set_status({**snapshot, "in_sync": True})
     health.datastore_in_sync = False
     st = get_status(port)
     assert st["managers"]["policy"]["chains"] == 13 and st["endpoints"]["up"] == 3
@@ -122,27 +123,73 @@ def test_the_other_paths_still_answer_and_unknown_ones_list_status(server):
     assert all(p in body for p in ("/livez", "/readyz", "/metrics", "/status"))
 
 
-def test_the_agent_loop_builds_the_snapshot_and_refreshes_it_between_batches(monkeypatch):
-    """After a status publish, and then at most STATUS_REFRESH_SECS apart while no batch
-    comes (ExaBGP acknowledges announcements in its own thread, posting nothing)."""
-    agent = agent_mod.Agent(config_mod.load({"FELIX_HOSTNAME": "h1"}, {}), SimpleNamespace(),
-                            {}, {})
+def test_a_failing_status_is_logged_once_per_failure_episode(caplog):
+    """The caller keeps the set of failing managers: logged when status() starts failing,
+    again only after it has worked in between."""
+    class Flaky:
+        name, works = "flaky", False
+
+        def status(self):
+            if not self.works:
+                raise KeyError("gone")
+            return {}
+
+    flaky, failing = Flaky(), set()
+    for works in (False, False, True, False):         # fails, fails, works, fails again
+        flaky.works = works
+        status_snapshot({}, None, None, (flaky,), failing)
+    assert [r.getMessage() for r in caplog.records] == [
+        "flaky: status() failed; /status shows the error"] * 2
+    assert failing == {"flaky"}
+
+
+def loop_agent(**env):
+    """An agent whose loop is in sync and applied, with a policy manager that has a
+    status() (whose calls it counts) and one that has none."""
+    agent = agent_mod.Agent(config_mod.load({"FELIX_HOSTNAME": "h1", **env}, {}),
+                            SimpleNamespace(), {}, {})
     policy = Manager("policy", {"chains": 1})
     agent.managers = (policy, NoStatus())
     agent.in_sync = agent.links.synced = True
     agent.health.in_sync = agent.health.datastore_in_sync = agent.health.applied = True
-    assert agent.health.status()["managers"] == {}          # nothing built yet
+    return agent, policy
 
-    def turn():
-        agent.post(None)            # the loop wakes at once, with nothing to apply
-        agent._turn()
-    turn()                          # the status is dirty at start: published, snapshot built
-    st = agent.health.status()
-    assert st["managers"] == {"policy": {"chains": 1}} and st["host"] == "h1"
-    assert st["endpoints"] == {"up": 0, "down": 0, "error": 0}
-    policy._status["chains"] = 2
-    turn()                          # no batch, and the snapshot is fresh: left alone
-    assert agent.health.status()["managers"]["policy"]["chains"] == 1
+
+def turn(agent):
+    agent.post(None)                # the loop wakes at once, with nothing to apply
+    agent._turn()
+
+
+def test_the_agent_loop_builds_the_snapshot_and_refreshes_it_between_batches(monkeypatch):
+    """After a status publish, and then at most STATUS_REFRESH_SECS apart while no batch
+    comes (ExaBGP acknowledges announcements in its own thread, posting nothing), while
+    the health server runs."""
+    agent, policy = loop_agent()
+    agent._http = serve(agent.health, agent.metrics, "127.0.0.1", 0)   # as run() does
+    try:
+        assert agent.health.status()["managers"] == {}      # nothing built yet
+        turn(agent)                 # the status is dirty at start: published, snapshot built
+        st = agent.health.status()
+        assert st["managers"] == {"policy": {"chains": 1}} and st["host"] == "h1"
+        assert st["endpoints"] == {"up": 0, "down": 0, "error": 0}
+        policy._status["chains"] = 2
+        turn(agent)                 # no batch, and the snapshot is fresh: left alone
+        assert agent.health.status()["managers"]["policy"]["chains"] == 1
+        monkeypatch.setattr(agent_mod, "STATUS_REFRESH_SECS", 0.0)
+        turn(agent)                 # no batch, but the snapshot is due: rebuilt
+        assert agent.health.status()["managers"]["policy"]["chains"] == 2
+    finally:
+        agent._http.shutdown()
+        agent._http.server_close()
+
+
+def test_the_agent_loop_builds_no_snapshot_when_no_health_port_is_served(monkeypatch):
+    """HealthPort 0: no server, nobody can read /status, so nothing builds it, neither
+    after a publish nor between batches."""
+    agent, policy = loop_agent(FELIX_HEALTH_PORT="0")
+    assert not agent.config.health_port and agent._http is None
     monkeypatch.setattr(agent_mod, "STATUS_REFRESH_SECS", 0.0)
-    turn()                          # no batch, but the snapshot is due: rebuilt
-    assert agent.health.status()["managers"]["policy"]["chains"] == 2
+    turn(agent)                     # the status is dirty at start: published
+    turn(agent)                     # no batch, and a snapshot would be due
+    assert policy.calls == 0
+    assert agent.health.status()["managers"] == {} and agent.health.status()["endpoints"] is None
