@@ -73,6 +73,12 @@ class ProcessDown:
     reason: str
 
 
+@dataclass(frozen=True)
+class Acknowledged:
+    """ExaBGP has taken announcements that a ``set_routes`` gave up waiting for: what the
+    agent reports (peer status ``sent``) can be brought up to date."""
+
+
 class DriverError(RuntimeError):
     pass
 
@@ -176,6 +182,7 @@ class ExaBgpDriver:
         self._desired_version = 0
         self._acked_version = 0
         self._acked = threading.Condition(self._lock)
+        self._gave_up = False       # a set_routes stopped waiting before the acknowledgement
         self._config: str | None = None
         self._listen: tuple[str, ...] = ()
         self._tasks: queue.Queue = queue.Queue()
@@ -218,6 +225,7 @@ class ExaBgpDriver:
             while self._acked_version < version and self.state is State.RUNNING:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._gave_up = True
                     return False
                 self._acked.wait(left)
             return self._acked_version >= version
@@ -444,6 +452,11 @@ class ExaBgpDriver:
             # again); the caller sees last_error rather than waiting forever.
             self._acked_version = max(self._acked_version, version)
             self._acked.notify_all()
+            late = self._gave_up and self._acked_version == self._desired_version
+            if late:
+                self._gave_up = False
+        if late:
+            self._emit(Acknowledged())
 
     def _send_eors(self) -> None:
         """End-of-RIB to the peers that came up, once the announcements are known (until

@@ -44,7 +44,7 @@ from typing import Callable
 
 from bgp import api
 from bgp.config import BgpPlan, resolve
-from bgp.driver import ExaBgpDriver, ProcessDown, ProcessUp, ip_version
+from bgp.driver import Acknowledged, ExaBgpDriver, ProcessDown, ProcessUp, ip_version
 from bgp.exabgp_config import ConfigRejected, Options, listen_addresses, render
 from bgp.rib import ERROR, ESTABLISHED, Rib
 from felix_py import model
@@ -305,8 +305,8 @@ class BgpManager:
             self.eor_seen.clear()
             self.rib.process_stopped(now, self.ctx.config.bgp_graceful_restart_secs)
             self._arm_timer()
-        elif isinstance(ev, ProcessUp):
-            pass
+        elif isinstance(ev, (ProcessUp, Acknowledged)):
+            pass    # Acknowledged: the batch this message brings looks again (announce())
 
     # -- apply ---------------------------------------------------------------------------
     def apply(self) -> None:
@@ -376,7 +376,9 @@ class BgpManager:
         A batch waits (up to ``ACK_WAIT``) only when it hands the driver something new.  When
         ExaBGP has not taken the announcements by then, the driver goes on sending them (and
         restarts an ExaBGP that stops answering); later batches with the same announcements
-        only look whether they have been taken, without waiting."""
+        only look whether they have been taken, without waiting.  Once they are, the driver
+        posts ``Acknowledged``, whose batch looks, so that the peers' status (``sent``) is
+        not left stale until some other change."""
         if not self.plan.enabled:
             return
         # Our routes to workloads; not a learned route kept from before a restart.

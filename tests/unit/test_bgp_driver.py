@@ -4,7 +4,7 @@ import sys
 import time
 
 from bgp.config import BgpPlan, Peer
-from bgp.driver import ExaBgpDriver, ProcessDown
+from bgp.driver import Acknowledged, ExaBgpDriver, ProcessDown
 from bgp.exabgp_config import Options, render
 from felix_py.lab.netns import wait_for
 
@@ -91,5 +91,30 @@ def test_a_silent_exabgp_does_not_hold_the_caller_and_is_restarted(tmp_path):
                  what="ExaBGP restarted for not answering")
         assert "no acknowledgement from ExaBGP within 1s" in next(
             e.reason for e in events if isinstance(e, ProcessDown))
+    finally:
+        driver.close()
+
+
+# Acknowledges each command two seconds late.
+SLOW_EXABGP = FAKE_EXABGP.replace('        say("done")\n',
+                                  '        time.sleep(2)\n        say("done")\n') \
+    .replace("import json, os, re, subprocess, sys", "import json, os, re, subprocess, sys, time")
+assert SLOW_EXABGP.count("time.sleep(2)") == 1
+
+
+def test_a_late_acknowledgement_is_told_when_a_caller_gave_up_waiting(tmp_path):
+    driver, events = started(tmp_path, SLOW_EXABGP)
+    try:
+        assert not driver.set_routes({"10.65.0.1/32"}, wait=0.2)     # gave up waiting
+        assert not any(isinstance(e, Acknowledged) for e in events)
+        wait_for(lambda: any(isinstance(e, Acknowledged) for e in events), 15,
+                 what="the late acknowledgement told")
+        assert driver.announced == {"10.65.0.1/32"}
+        assert driver.set_routes({"10.65.0.1/32"}, wait=0)
+        # A caller that waited long enough is told nothing more.
+        n = len(events)
+        assert driver.set_routes({"10.65.0.1/32", "10.65.0.2/32"}, wait=10)
+        time.sleep(0.3)
+        assert not any(isinstance(e, Acknowledged) for e in events[n:])
     finally:
         driver.close()
