@@ -342,15 +342,21 @@ def test_no_bgp_address_stops_exabgp_and_reports(tmp_path):
     assert "ip_addr_v4" in m.status()["bgp_problems"][0]
 
 
+def reflected_store(reflector: str):
+    """A store in which h1 is in route-reflector mode, served by ``reflector``."""
+    s = store_with([])
+    s.bgp.mode = "route-reflector"
+    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
+    s.bgp.route_reflectors = {reflector: model.RouteReflector(ip=reflector,
+                                                              cluster_id="1.0.0.1")}
+    return s
+
+
 def test_a_problem_that_comes_alone_is_logged_and_shown(tmp_path, caplog):
     """A host losing its ip_addr_v6 leaves its plan as it was (problems are not compared),
     but the problem that an IPv6 reflector cannot reach it is logged and in the status."""
     m, ctx, posted = make(tmp_path)
-    s = store_with([])
-    s.bgp.mode = "route-reflector"
-    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
-    s.bgp.route_reflectors = {"fd00:9::1": model.RouteReflector(ip="fd00:9::1",
-                                                                cluster_id="1.0.0.1")}
+    s = reflected_store("fd00:9::1")
     s.bgp.host_ip_v6 = {"h1": "fd10:1::11"}
     turn(m, posted, s)
     assert m.status()["bgp_problems"] == []
@@ -394,11 +400,7 @@ def learning_from_a_reflector(tmp_path):
     """(manager, ctx, posted, store) of a host in route-reflector mode that has learned
     10.65.0.9/32 from its reflector."""
     m, ctx, posted = make(tmp_path)
-    s = store_with([])
-    s.bgp.mode = "route-reflector"
-    s.bgp.rr_cluster_id = {"h1": "1.0.0.1"}
-    s.bgp.route_reflectors = {"10.1.0.250": model.RouteReflector(ip="10.1.0.250",
-                                                                 cluster_id="1.0.0.1")}
+    s = reflected_store("10.1.0.250")
     turn(m, posted, s)
     m.driver.on_event(api.PeerState("10.1.0.250", "up", "10.1.0.11"))
     m.driver.on_event(api.RouteUpdate("10.1.0.250", {"10.65.0.9/32": "10.1.0.12"}))
